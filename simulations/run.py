@@ -82,8 +82,7 @@ def simulate(config: RunConfig, progress=print) -> dict:
     run_simulation(
         server_app=server_app, client_app=clients.app.app, num_supernodes=config.num_clients,
         backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                        "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False,
-                                      "runtime_env": {"env_vars": {"OMP_NUM_THREADS": "1"}}}},
+                        "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False}},
     )
     if "summary" not in outcome:
         raise RuntimeError("the simulation ended without a result; see the log above for the ServerApp's error")

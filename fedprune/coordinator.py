@@ -1,0 +1,272 @@
+"""The server's side of the rounds, minus the transport: global mask, checks, aggregation, ledger.
+
+The Flower strategy parses messages and calls a :class:`Coordinator`; everything that decides
+something (what a round asks, whether a reply is well formed, what the new global model and
+mask are, what every release costs) lives here, testable without Flower.
+
+Ledgers are keyed by the client id a reply names (its partition id), which stays the same when
+a run is resumed, unlike Flower's node ids. A reply the server received counts against its
+client's budget even when it is rejected as malformed: the server saw it.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fedprune.aggregation import weighted_average
+from fedprune.bits import flatten_masks, pack, unflatten_masks, unpack
+from fedprune.compact import MalformedReply, check_compact, compact, compact_shapes, expand
+from fedprune.config import RunConfig
+from fedprune.masks import density, full_masks
+from fedprune.privacy import events
+from fedprune.privacy.accountant import Accountant
+from fedprune.privacy.mechanisms import MaskReport
+from fedprune.privacy.rng import privacy_rng
+from fedprune.rounds import RoundPlan, check_federated, mask_events, mechanism_for, next_global_masks, plan_round
+from fedprune.validation import ConfigError
+
+UNITS = ("record", "client")
+RESUMABLE = ("num-server-rounds", "resume", "run-name", "output-dir")  # may change when a run resumes
+
+
+class BudgetExhausted(RuntimeError):
+    """The next round's releases would take some client past the run's privacy budget."""
+
+
+class TooFewReplies(RuntimeError):
+    """Fewer well-formed replies than ``min-replies``: the round cannot be aggregated."""
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A client's reply after the server's checks."""
+
+    client: str
+    examples: int
+    weights: dict[str, np.ndarray]
+    report: MaskReport | None
+    votes: np.ndarray | None
+    metrics: dict
+
+
+class Coordinator:
+    """Holds the global mask, the schedule position and the ledger across rounds."""
+
+    def __init__(self, config: RunConfig, state_shapes: Mapping[str, tuple[int, ...]], prunable: list[str]):
+        check_federated(config)
+        self.config = config
+        self.schedule = config.build_schedule()
+        self.shapes = {name: tuple(shape) for name, shape in state_shapes.items()}
+        missing = sorted(set(prunable) - set(self.shapes))
+        if missing:
+            raise ConfigError(f"prunable tensors {missing} are not in the model's state")
+        self.masks = full_masks({name: torch.empty(self.shapes[name]) for name in prunable})
+        self.sparsity = 0.0
+        self.accountant = Accountant()
+        self.mask_accountant = Accountant()  # the mask channel alone, shown beside the end-to-end figures
+        self.rejected: list[dict] = []
+        self.dropouts = 0
+        self.upload_bytes: list[int] = []
+        self.last_report_plan: RoundPlan | None = None
+
+    # --- what a round asks ------------------------------------------------------------------
+
+    def plan(self, round: int) -> RoundPlan:
+        return plan_round(self.config, self.schedule, round, self.sparsity, self.eligible, self.mask_shapes)
+
+    @property
+    def mask_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {name: tuple(mask.shape) for name, mask in self.masks.items()}
+
+    @property
+    def eligible(self) -> np.ndarray:
+        return flatten_masks(self.masks)
+
+    def packed_mask(self) -> tuple[np.ndarray, int]:
+        bits = self.eligible
+        return pack(bits), bits.size
+
+    def numpy_masks(self) -> dict[str, np.ndarray]:
+        return {name: mask.numpy() for name, mask in self.masks.items()}
+
+    def compact(self, state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return compact(state, self.numpy_masks())
+
+    def expand(self, weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return expand(weights, self.numpy_masks(), self.shapes)
+
+    # --- checks -----------------------------------------------------------------------------
+
+    def check_reply(self, plan: RoundPlan, weights: Mapping[str, np.ndarray], metrics: Mapping,
+                    report: MaskReport | None, votes: np.ndarray | None) -> Reply:
+        """The reply as a :class:`Reply`, or MalformedReply naming what is wrong."""
+        client = metrics.get("client-id")
+        if isinstance(client, bool) or not isinstance(client, int) or client < 0:
+            raise MalformedReply(f"metrics lack a client-id >= 0 (got {client!r})")
+        examples = metrics.get("num-examples")
+        if isinstance(examples, bool) or not isinstance(examples, int) or examples < 1:
+            raise MalformedReply(f"num-examples must be an integer >= 1, got {examples!r}")
+        checked = check_compact(weights, compact_shapes(self.numpy_masks(), self.shapes))
+        mechanism = mechanism_for(self.config, plan)
+        if plan.report and mechanism is not None:
+            if report is None:
+                raise MalformedReply("a reporting round's reply has no mask report")
+            try:
+                mechanism.check_report(report)
+            except ConfigError as error:
+                raise MalformedReply(str(error)) from None
+        elif plan.report:
+            if votes is None:
+                raise MalformedReply("a reporting round's reply has no mask votes")
+            try:
+                bits = unpack(votes, plan.report_length)
+            except ConfigError as error:
+                raise MalformedReply(f"mask votes: {error}") from None
+            if int(bits.sum()) != plan.kept:
+                raise MalformedReply(f"mask votes keep {int(bits.sum())} weights, the plan asks for {plan.kept}")
+            votes = bits
+        elif report is not None or votes is not None:
+            raise MalformedReply("a mask report in a round that asked for none")
+        return Reply(str(client), examples, checked, report, votes, dict(metrics))
+
+    def reject(self, plan: RoundPlan, client: str | None, reason: str) -> None:
+        """Count a malformed reply (its release still counts: the server received it)."""
+        self.rejected.append({"round": plan.round, "client": client, "reason": reason})
+        if client is not None:
+            self.record(plan, [client], valid=0, sampled=1)
+
+    # --- privacy ----------------------------------------------------------------------------
+
+    def round_events(self, plan: RoundPlan, valid: int, sampled: int, dpsgd: Mapping | None = None):
+        """(event, units) pairs one participating client releases this round."""
+        out = [(event, UNITS) for event in mask_events(self.config, plan)]
+        channel = self.config.weight_channel
+        if self.config.mode == "mask-only":
+            return out
+        if channel == "clear":
+            out.append((events.Unprotected("weight updates sent in the clear"), UNITS))
+        elif channel in ("server-clipping", "client-clipping"):
+            # Flower scales the noise to the sampled count but averages over the replies that came:
+            # with fewer replies the effective noise multiplier is smaller.
+            effective = self.config.noise_multiplier * max(valid, 1) / max(sampled, 1)
+            out.append((events.Gaussian(min(effective, self.config.noise_multiplier)), UNITS))
+        else:  # dpsgd: record level from the client's own accountant; no client-level guarantee
+            out.append((events.Unprotected("DP-SGD protects records, not whole clients"), ("client",)))
+            for noise, rate, steps in (dpsgd or {}).get("history", []):
+                out.append((events.Gaussian(noise, rate, int(steps)), ("record",)))
+        return out
+
+    def record(self, plan: RoundPlan, clients: list[str], valid: int, sampled: int, dpsgd=None) -> None:
+        for event, units in self.round_events(plan, valid, sampled, dpsgd):
+            self.accountant.record(event, units=units, clients=clients)
+        for event in mask_events(self.config, plan):
+            self.mask_accountant.record(event, units=UNITS, clients=clients)
+
+    def epsilon(self, mask_channel: bool = False) -> dict[str, float | None]:
+        """The worst client's epsilon at the run's delta, per unit (None: no guarantee).
+
+        ``mask_channel``: the mask reports alone, as if nothing else were released.
+        """
+        ledger = self.mask_accountant if mask_channel else self.accountant
+        return {unit: ledger.epsilon(self.config.delta, unit) for unit in UNITS}
+
+    def check_budget(self, plan: RoundPlan, sampled: int) -> None:
+        """BudgetExhausted if this round would take any client past ``budget-epsilon`` (client unit)."""
+        budget = self.config.budget_epsilon
+        if budget <= 0:
+            return
+        preview = self.accountant.copy()
+        clients = list(preview.clients) or ["any"]
+        for event, units in self.round_events(plan, sampled, sampled):
+            preview.record(event, units=units, clients=clients + ["new"])
+        spent = preview.epsilon(self.config.delta, self.config.unit)
+        if spent is None or spent > budget:
+            shown = "no guarantee" if spent is None else f"epsilon {spent:.4g}"
+            raise BudgetExhausted(f"round {plan.round} would reach {shown} ({self.config.unit} level, delta "
+                                  f"{self.config.delta:g}) against a budget of {budget:g}; the run stops here "
+                                  "with the model of the last round")
+
+    # --- aggregation ------------------------------------------------------------------------
+
+    def aggregate(self, plan: RoundPlan, replies: list[Reply], sampled: int) -> dict[str, np.ndarray]:
+        """New global weights (compact under the new mask) from well-formed replies."""
+        if len(replies) < self.config.min_replies:
+            raise TooFewReplies(f"round {plan.round}: {len(replies)} well-formed replies, min-replies is "
+                                f"{self.config.min_replies} ({len(self.rejected)} rejected so far, "
+                                f"{self.dropouts} dropouts); lower min-replies or fix the failing clients")
+        replies = sorted(replies, key=lambda r: int(r.client))  # a fixed order: same sums on resume
+        for reply in replies:
+            self.record(plan, [reply.client], valid=len(replies), sampled=sampled,
+                        dpsgd=reply.metrics.get("dpsgd"))
+        self.upload_bytes = [reply_bytes(r) for r in replies]
+        average = weighted_average([r.weights for r in replies], [r.examples for r in replies])
+        dense = self.expand(average)
+        if plan.prune:
+            magnitudes = np.abs(flatten_weights(dense, self.masks))
+            if self.config.method == "server-magnitude":
+                frequencies = magnitudes if self.config.regrowth else magnitudes[self.eligible]
+            else:
+                frequencies = self.frequencies(plan, replies)
+                self.last_report_plan = plan
+            self.masks = next_global_masks(self.config, plan, frequencies, magnitudes, self.masks)
+            self.sparsity = plan.sparsity
+        return self.compact(dense)
+
+    def frequencies(self, plan: RoundPlan, replies: list[Reply]) -> np.ndarray:
+        mechanism = mechanism_for(self.config, plan)
+        if mechanism is None:
+            return np.mean([r.votes for r in replies], axis=0)
+        seed = self.config.privacy_seed
+        rng = privacy_rng(None if seed < 0 else seed, stream=(plan.round,))  # central noise only
+        return mechanism.estimate(mechanism.aggregate([r.report for r in replies], rng))
+
+    def density(self) -> float:
+        return density(self.masks)
+
+    # --- checkpoints ------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """JSON-able state for a checkpoint (the weights are saved beside it)."""
+        packed, length = self.packed_mask()
+        return {"config": self.config.to_mapping(), "sparsity": self.sparsity,
+                "mask": base64.b64encode(packed.tobytes()).decode(), "mask_length": length,
+                "accountant": self.accountant.state_dict(), "mask_accountant": self.mask_accountant.state_dict(),
+                "rejected": self.rejected, "dropouts": self.dropouts}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Restore a checkpoint's state; the run's settings must match the checkpoint's."""
+        mine = {k: v for k, v in self.config.to_mapping().items() if k not in RESUMABLE}
+        theirs = {k: v for k, v in state["config"].items() if k not in RESUMABLE}
+        if mine != theirs:
+            diff = sorted(k for k in mine if mine[k] != theirs.get(k))
+            raise ConfigError(f"the checkpoint was written with other settings ({', '.join(diff)}); "
+                              "resume with the run's own config.json")
+        length = int(state["mask_length"])
+        if length != self.eligible.size:
+            raise ConfigError(f"the checkpoint's mask covers {length} weights, the model has {self.eligible.size}")
+        bits = unpack(np.frombuffer(base64.b64decode(state["mask"]), dtype=np.uint8), length)
+        self.masks = unflatten_masks(bits, self.mask_shapes)
+        self.sparsity = float(state["sparsity"])
+        self.accountant.load_state_dict(state["accountant"])
+        self.mask_accountant.load_state_dict(state["mask_accountant"])
+        self.rejected, self.dropouts = list(state["rejected"]), int(state["dropouts"])
+
+
+def reply_bytes(reply: Reply) -> int:
+    """Bytes of a reply's payload: weight values and the mask report (framing not counted)."""
+    size = sum(value.nbytes for value in reply.weights.values())
+    if reply.report is not None:
+        size += sum(a.nbytes for a in (reply.report.bits, reply.report.indices) if a is not None)
+    if reply.votes is not None:
+        size += (reply.votes.size + 7) // 8
+    return size
+
+
+def flatten_weights(state: Mapping[str, np.ndarray], masks: Mapping[str, torch.Tensor]) -> np.ndarray:
+    """The prunable tensors of ``state`` as one vector, in the masks' order."""
+    return np.concatenate([np.asarray(state[name], dtype=np.float64).reshape(-1) for name in masks])

@@ -1,0 +1,182 @@
+"""One federated round, minus the transport: the plan, the mechanism, the client's mask, the server's mask.
+
+The server makes a :class:`RoundPlan` from the schedule and the current global mask and sends
+it with the round's messages; client and server then build the very same mechanism from it
+(``mechanism_for``), so their settings cannot drift apart.
+
+Reports cover only the weights the global mask still keeps (pruning is monotone: a pruned
+weight stays pruned, so nobody needs to vote on it). With ``regrowth`` they cover every
+prunable weight. Each client's local mask keeps exactly the planned count (per layer for the
+uniform and ERK distributions), which fixes the Hamming bound Delta the privacy figures use.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from fedprune.aggregation import scatter, select_layer_masks, select_mask
+from fedprune.bits import flatten_masks, pack, unflatten_masks
+from fedprune.config import RunConfig
+from fedprune.distributions import get_distribution
+from fedprune.masks import kept_count
+from fedprune.privacy import events
+from fedprune.privacy.mechanisms import Mechanism, epsilon_for_decision, make_mechanism
+from fedprune.privacy.spec import ReportSpec
+from fedprune.pruning import compute_masks
+from fedprune.validation import ConfigError
+
+FEDERATED_STRUCTURES = ("unstructured",)
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """What round ``round`` asks of every client (plain scalars: it travels in a ConfigRecord)."""
+
+    round: int
+    sparsity: float       # target sparsity of the mask after this round
+    prune: bool           # whether the global mask changes this round
+    report: bool          # whether clients report their masks (votes) this round
+    report_length: int    # coordinates a report covers (kept weights; all with regrowth)
+    kept: int             # coordinates each local mask keeps among them
+    hamming_bound: int    # Delta: most coordinates two such masks can differ in
+    public_seed: int      # public randomness for coordinate sampling
+
+    def to_mapping(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, object]) -> RoundPlan:
+        try:
+            return cls(**{name: values[name] for name in cls.__dataclass_fields__})
+        except KeyError as missing:
+            raise ConfigError(f"the round plan lacks {missing}: client and server run different fedprune versions") from None
+
+
+def layer_counts(config: RunConfig, shapes: Mapping[str, tuple[int, ...]], sparsity: float) -> dict[str, int] | None:
+    """Kept weights per layer at ``sparsity``; None for the global distribution (one total count)."""
+    if config.distribution == "global":
+        return None
+    return get_distribution(config.distribution)(shapes, sparsity)
+
+
+def plan_round(config: RunConfig, schedule, round: int, current_sparsity: float, eligible: np.ndarray,
+               shapes: Mapping[str, tuple[int, ...]]) -> RoundPlan:
+    """The plan for ``round`` given the global mask's ``eligible`` (kept) flat coordinates.
+
+    A round is a pruning round when the schedule updates the mask and the target sparsity
+    rises; a no-op update is skipped, so it costs no privacy.
+    """
+    target = schedule.sparsity_at(round)
+    prune = config.method != "dense" and schedule.is_update_round(round) and target > current_sparsity
+    positions = np.ones_like(eligible) if config.regrowth else eligible
+    length = int(positions.sum())
+    counts = layer_counts(config, shapes, target)
+    if counts is None:
+        kept = kept_count(eligible.size, target)
+        delta = min(2 * kept, 2 * (length - kept), length)
+    else:
+        kept, delta, start = 0, 0, 0
+        for name, shape in shapes.items():
+            size = math.prod(shape)
+            m = int(positions[start:start + size].sum())
+            k = min(counts[name], m)
+            kept, delta, start = kept + k, delta + min(2 * k, 2 * (m - k)), start + size
+        delta = min(delta, length)
+    report = prune and config.method == "votes" and 0 < kept < length  # else the mask is fixed
+    public_seed = (config.seed * 1_000_003 + round) % 2**63
+    return RoundPlan(round=round, sparsity=float(target if prune else current_sparsity), prune=prune,
+                     report=report, report_length=length, kept=kept, hamming_bound=max(1, delta),
+                     public_seed=public_seed)
+
+
+def mechanism_for(config: RunConfig, plan: RoundPlan) -> Mechanism | None:
+    """The report mechanism of a pruning round; None for exact (non-private) votes."""
+    if not plan.report or not config.private_votes:
+        return None
+    threat = "central" if config.mechanism == "central" else "local"
+    spec = ReportSpec(unit=config.unit, threat_model=threat, hamming_bound=plan.hamming_bound)
+    extra = {}
+    if config.mechanism == "subset":
+        extra["kept"] = plan.kept
+    if config.mechanism == "sampling":
+        extra["sample_size"] = config.sample_size or plan.report_length
+    if config.mechanism == "central":
+        # A Gaussian has no per-decision figure: the setting is the per-report target at delta.
+        extra["delta"] = config.delta
+        epsilon = config.epsilon_per_decision
+    else:
+        epsilon = epsilon_for_decision(config.mechanism, config.epsilon_per_decision)
+    return make_mechanism(config.mechanism, length=plan.report_length, spec=spec, epsilon=epsilon, **extra)
+
+
+def local_mask_bits(config: RunConfig, plan: RoundPlan, params: Mapping[str, Tensor],
+                    global_masks: Mapping[str, Tensor], *, grads=None, fisher=None,
+                    generator: torch.Generator | None = None) -> np.ndarray:
+    """A client's own mask at the plan's sparsity, as bools over the report's coordinates."""
+    previous = None if config.regrowth else global_masks
+    local = compute_masks(params, sparsity=plan.sparsity, scorer=config.scorer, distribution=config.distribution,
+                          structure=config.structure, previous=previous, grads=grads, fisher=fisher,
+                          generator=generator)
+    bits = flatten_masks(local)
+    if not config.regrowth:
+        bits = bits[flatten_masks(dict(global_masks))]
+    if int(bits.sum()) != plan.kept or bits.size != plan.report_length:
+        raise ConfigError(f"the local mask keeps {int(bits.sum())} of {bits.size} coordinates, the plan says "
+                          f"{plan.kept} of {plan.report_length}: client and server disagree on the model or settings")
+    return bits
+
+
+def encode_local_mask(config: RunConfig, plan: RoundPlan, bits: np.ndarray, rng: np.random.Generator,
+                      client: int):
+    """The reply's mask report: privatized by the plan's mechanism, or exact packed votes when not private."""
+    mechanism = mechanism_for(config, plan)
+    packed = pack(bits)
+    if mechanism is None:
+        return None, packed
+    return mechanism.encode(packed, rng, public_seed=(plan.public_seed, int(client))), None
+
+
+def next_global_masks(config: RunConfig, plan: RoundPlan, frequencies: np.ndarray, average_weights: np.ndarray,
+                      global_masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The new global mask from estimated keep-frequencies over the report's coordinates.
+
+    Ties go to the larger averaged weight; without regrowth only weights the mask still keeps
+    can stay.
+    """
+    shapes = {name: tuple(mask.shape) for name, mask in global_masks.items()}
+    eligible = flatten_masks(dict(global_masks))
+    full = frequencies if config.regrowth else scatter(frequencies, eligible)
+    limit = None if config.regrowth else eligible
+    counts = layer_counts(config, shapes, plan.sparsity)
+    if counts is None:
+        flat = select_mask(full, kept_count(eligible.size, plan.sparsity), tie_break=average_weights, eligible=limit)
+    else:
+        sizes = {name: math.prod(shape) for name, shape in shapes.items()}
+        flat = select_layer_masks(full, counts, sizes, tie_break=average_weights, eligible=limit)
+    return unflatten_masks(flat, shapes)
+
+
+def mask_events(config: RunConfig, plan: RoundPlan) -> list[events.Event]:
+    """What one client's mask report releases this round (nothing outside pruning rounds)."""
+    if not plan.report:
+        return []
+    mechanism = mechanism_for(config, plan)
+    if mechanism is None:
+        return [events.Unprotected("exact mask votes sent without privacy")]
+    return [mechanism.event()]
+
+
+def check_federated(config: RunConfig) -> None:
+    """Fail before any work on settings the federated rounds do not support."""
+    if config.structure not in FEDERATED_STRUCTURES:
+        raise ConfigError(f"structure {config.structure!r} is not supported in federated runs yet; "
+                          f"use one of: {', '.join(FEDERATED_STRUCTURES)}")
+    if config.scorer in ("l1_units", "l2_units"):
+        raise ConfigError(f"scorer {config.scorer!r} scores whole units; federated runs vote on single weights: "
+                          "use magnitude, random, taylor or obd")

@@ -1,0 +1,152 @@
+"""A whole federated run on a Flower grid: set up, resume, run the rounds, write the results.
+
+Every round ends in ``RoundLog``: evaluate the global model on the held-out test set, append a
+line to metrics.jsonl, write the checkpoint, print the progress line. A run killed at any point
+resumes from its last finished round (``resume = true``): the schedule position, the mask, the
+ledgers and the weights come back from the checkpoint, and every random draw of a round is
+derived from (seed, round, client), so a seeded resumed run ends where an uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from flwr.serverapp import Grid
+from flwr.serverapp.exception import AggregationError, PrivacyBudgetExhausted
+from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping, \
+    DifferentialPrivacyServerSideFixedClipping
+
+from fedprune.config import RunConfig
+from fedprune.coordinator import Coordinator
+from fedprune.data import make_loader
+from fedprune.local import _dataset, new_model
+from fedprune.masks import prunable_parameters
+from fedprune.privacy.rng import RandomnessSource
+from fedprune.training import evaluate
+from server import checkpoint, report
+from server.strategy import FedPrune, RejectMalformed, from_record, to_record
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def run_folder(config: RunConfig) -> Path:
+    name = config.run_name or time.strftime("run-%Y%m%d-%H%M%S")
+    folder = Path(config.output_dir) / name
+    if folder.exists() and not config.resume and (folder / checkpoint.FILE).exists():
+        raise FileExistsError(f"{folder} already holds a run; set resume=true to continue it or pick another run-name")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def build_strategy(config: RunConfig, coordinator: Coordinator, offset: int):
+    """FedPrune, wrapped in Flower's DP wrapper when the weight channel asks for one."""
+    sampled = max(2, math.ceil(config.fraction_train * config.num_clients))
+    inner = FedPrune(coordinator, round_offset=offset, fraction_train=config.fraction_train,
+                     min_train_nodes=min(sampled, config.num_clients), min_available_nodes=config.num_clients)
+    wrappers = {"server-clipping": DifferentialPrivacyServerSideFixedClipping,
+                "client-clipping": DifferentialPrivacyClientSideFixedClipping}
+    if config.weight_channel not in wrappers:
+        return inner
+    dp = wrappers[config.weight_channel](inner, noise_multiplier=config.noise_multiplier,
+                                         clipping_norm=config.clipping_norm, num_sampled_clients=sampled)
+    return RejectMalformed(dp, inner)
+
+
+class RoundLog:
+    """Flower's evaluate_fn: evaluate, log, checkpoint and report progress after every round."""
+
+    def __init__(self, config: RunConfig, coordinator: Coordinator, folder: Path, offset: int, progress):
+        self.config, self.coordinator, self.folder, self.offset, self.progress = \
+            config, coordinator, folder, offset, progress
+        data = _dataset(config.dataset, config.seed)
+        self.test = make_loader(data.x_test, data.y_test, 512, shuffle=False)
+        self.model = new_model(config)
+        self.started = time.perf_counter()
+        self.last = None
+
+    def __call__(self, server_round: int, arrays):
+        round = self.offset + server_round
+        weights = from_record(arrays)
+        state = self.coordinator.expand(weights)
+        self.model.load_state_dict({name: torch.from_numpy(value) for name, value in state.items()})
+        result = evaluate(self.model, self.test)
+        if server_round == 0 and self.offset > 0:
+            return None  # the resumed round was logged by the run that wrote the checkpoint
+        line = {"round": round, "accuracy": result["accuracy"], "loss": result["loss"],
+                "density": self.coordinator.density(), "epsilon": self.coordinator.epsilon(),
+                "mask_channel_epsilon": self.coordinator.epsilon(mask_channel=True),
+                "rejected": len(self.coordinator.rejected), "dropouts": self.coordinator.dropouts,
+                "upload_bytes": self.coordinator.upload_bytes if server_round else [],
+                "seconds": time.perf_counter() - self.started}
+        with open(self.folder / METRICS_FILE, "a") as file:
+            file.write(json.dumps(line) + "\n")
+        if server_round > 0:
+            checkpoint.save(self.folder, round, weights, self.coordinator.state_dict())
+        self.last = line
+        eps = line["epsilon"][self.config.unit]
+        self.progress(f"round {round:>3}/{self.config.num_server_rounds}  accuracy {result['accuracy']:.4f}  "
+                      f"density {line['density']:.3f}  eps({self.config.unit}) "
+                      f"{'none' if eps is None else f'{eps:.3g}'}  rejected {line['rejected']}")
+        return None
+
+
+def run_federation(grid: Grid, config: RunConfig, progress=print) -> dict:
+    """Run (or resume) the federated pruning run ``config`` on ``grid``; returns summary.json's content."""
+    folder = run_folder(config)
+    model = new_model(config)
+    state = {name: value.detach().numpy() for name, value in model.state_dict().items()}
+    shapes = {name: value.shape for name, value in state.items()}
+    coordinator = Coordinator(config, shapes, list(prunable_parameters(model)))
+    offset, weights = 0, coordinator.compact(state)
+    if config.resume and (folder / checkpoint.FILE).exists():
+        offset, weights, saved = checkpoint.load(folder)
+        coordinator.load_state_dict(saved)
+        _truncate_metrics(folder / METRICS_FILE, offset)
+        progress(f"resuming {folder} after round {offset}")
+    else:
+        (folder / METRICS_FILE).unlink(missing_ok=True)
+    (folder / "config.json").write_text(json.dumps(config.to_mapping(), indent=2) + "\n")
+
+    log = RoundLog(config, coordinator, folder, offset, progress)
+    stopped = None
+    started = time.perf_counter()
+    remaining = config.num_server_rounds - offset
+    if remaining > 0:
+        try:
+            build_strategy(config, coordinator, offset).start(
+                grid, initial_arrays=to_record(weights), num_rounds=remaining, evaluate_fn=log)
+        except PrivacyBudgetExhausted as error:
+            stopped = f"privacy budget: {error.reason if hasattr(error, 'reason') else error}"
+            progress(f"stopped: {stopped}")
+        except AggregationError as error:
+            _finish(folder, config, coordinator, log, time.perf_counter() - started, f"failed: {error}", None)
+            raise
+    dense_accuracy = None
+    if config.dense_baseline and config.method != "dense":
+        progress("dense FedAvg baseline (same seed, same rounds)")
+        dense = config.replace(method="dense", run_name=f"{folder.name}-dense", resume=False,
+                               budget_epsilon=0.0, dense_baseline=False)
+        dense_accuracy = run_federation(grid, dense, progress)["final_accuracy"]
+    return _finish(folder, config, coordinator, log, time.perf_counter() - started, stopped, dense_accuracy)
+
+
+def _finish(folder, config, coordinator, log, seconds, stopped, dense_accuracy) -> dict:
+    lines = [json.loads(line) for line in (folder / METRICS_FILE).read_text().splitlines() if line.strip()]
+    summary = report.summary(config, coordinator, lines, seconds, stopped, dense_accuracy,
+                             RandomnessSource.from_seed(config.privacy_seed if config.privacy_seeded else None))
+    summary["run_dir"] = str(folder)
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    report.write(folder, summary, lines)
+    return summary
+
+
+def _truncate_metrics(path: Path, round: int) -> None:
+    """Drop lines of rounds after the checkpoint (a run killed between log and checkpoint)."""
+    if path.exists():
+        kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["round"] <= round]
+        path.write_text("".join(line + "\n" for line in kept))

@@ -1,0 +1,137 @@
+"""What a run leaves for people and machines: summary.json's content, report.md, PNG plots."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from fedprune.config import METHODS, WEIGHT_CHANNELS, RunConfig
+from fedprune.coordinator import Coordinator
+from fedprune.privacy.rng import RandomnessSource
+from fedprune.rounds import mechanism_for
+
+
+def summary(config: RunConfig, coordinator: Coordinator, lines: list[dict], seconds: float, stopped,
+            dense_accuracy, randomness: RandomnessSource) -> dict:
+    """summary.json: final figures, privacy per unit (null = no guarantee), costs, how it ended."""
+    final = lines[-1] if lines else {}
+    uploads = [size for line in lines for size in line.get("upload_bytes", [])]
+    dense_values = sum(math.prod(shape) for shape in coordinator.shapes.values())
+    return {
+        "final_accuracy": final.get("accuracy"),
+        "density": coordinator.density(),
+        "rounds": final.get("round", 0),
+        "clients": config.num_clients,
+        "method": config.method,
+        "mode": config.mode,
+        "epsilon": coordinator.epsilon(),
+        "mask_channel_epsilon": coordinator.epsilon(mask_channel=True),
+        "delta": config.delta,
+        "mechanism": _mechanism(config, coordinator),
+        "weight_channel": {"name": config.weight_channel, "meaning": WEIGHT_CHANNELS[config.weight_channel]},
+        "privacy_randomness": randomness.to_dict(),
+        "upload_bytes_per_client_round": sum(uploads) / len(uploads) if uploads else None,
+        "dense_upload_bytes_per_client_round": 4 * dense_values,
+        "wall_seconds": seconds,
+        "dense_fedavg_accuracy": dense_accuracy,
+        "rejected_replies": len(coordinator.rejected),
+        "rejections": coordinator.rejected[-20:],
+        "dropouts": coordinator.dropouts,
+        "stopped": stopped,
+    }
+
+
+def _mechanism(config: RunConfig, coordinator: Coordinator) -> dict:
+    """The mask channel as the last reporting round used it (figures per decision and per report)."""
+    if config.method != "votes":
+        return {"name": None, "meaning": METHODS[config.method]}
+    if not config.private_votes:
+        return {"name": "exact-votes", "meaning": "masks sent exactly: no privacy for the mask channel"}
+    plan = coordinator.last_report_plan
+    if plan is None:
+        return {"name": config.mechanism, "epsilon_per_decision": config.epsilon_per_decision,
+                "note": "no reporting round ran"}
+    return mechanism_for(config, plan).describe()
+
+
+def write(folder: Path, summary: dict, lines: list[dict]) -> None:
+    """report.md and the plots beside it."""
+    plots = _plots(folder, lines)
+    (folder / "report.md").write_text(_markdown(summary, lines, plots))
+
+
+def _plots(folder: Path, lines: list[dict]) -> list[str]:
+    if not lines:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = [line["round"] for line in lines]
+    series = {
+        "accuracy.png": ("test accuracy", [[line["accuracy"] for line in lines]], None),
+        "density.png": ("density (fraction of weights kept)", [[line["density"] for line in lines]], None),
+        "epsilon.png": ("epsilon spent (worst client)", [
+            [_nan(line["epsilon"].get(unit)) for line in lines] for unit in ("record", "client")
+        ] + [[_nan(line["mask_channel_epsilon"].get("client")) for line in lines]],
+            ["end-to-end, record", "end-to-end, client", "mask channel alone"]),
+    }
+    names = []
+    for name, (label, values, legend) in series.items():
+        figure, axis = plt.subplots(figsize=(5, 3.2))
+        for i, ys in enumerate(values):
+            axis.plot(rounds, ys, marker="o", markersize=3, label=legend[i] if legend else None)
+        axis.set_xlabel("round")
+        axis.set_ylabel(label)
+        if legend:
+            axis.legend(fontsize=8)
+        figure.tight_layout()
+        figure.savefig(folder / name, dpi=100)
+        plt.close(figure)
+        names.append(name)
+    return names
+
+
+def _nan(value):
+    return float("nan") if value is None else value
+
+
+def _markdown(summary: dict, lines: list[dict], plots: list[str]) -> str:
+    eps = summary["epsilon"]
+    mask = summary["mask_channel_epsilon"]
+    fmt = lambda v: "none (no guarantee)" if v is None else f"{v:.4g}"  # noqa: E731
+    out = [
+        "# fedprune run",
+        "",
+        f"Method **{summary['method']}**, mechanism **{summary['mechanism'].get('name')}**, weight channel "
+        f"**{summary['weight_channel']['name']}** ({summary['weight_channel']['meaning']}).",
+        "",
+        "| figure | value |",
+        "|---|---|",
+        f"| final accuracy | {summary['final_accuracy']} |",
+        f"| dense FedAvg accuracy (same seed, rounds) | {summary['dense_fedavg_accuracy']} |",
+        f"| density | {summary['density']:.4f} |",
+        f"| rounds, clients | {summary['rounds']}, {summary['clients']} |",
+        f"| epsilon, record level (end to end, worst client) | {fmt(eps['record'])} |",
+        f"| epsilon, client level (end to end, worst client) | {fmt(eps['client'])} |",
+        f"| epsilon of the mask channel alone, client level | {fmt(mask['client'])} |",
+        f"| delta | {summary['delta']} |",
+        f"| upload bytes per client-round (dense FedAvg) | {summary['upload_bytes_per_client_round']} "
+        f"({summary['dense_upload_bytes_per_client_round']}) |",
+        f"| rejected replies, dropouts | {summary['rejected_replies']}, {summary['dropouts']} |",
+        f"| wall seconds | {summary['wall_seconds']:.1f} |",
+        f"| privacy randomness | {summary['privacy_randomness']['source']} |",
+    ]
+    if summary["stopped"]:
+        out += ["", f"**Stopped early:** {summary['stopped']}"]
+    mechanism = summary["mechanism"]
+    if "trust_model" in mechanism:
+        out += ["", f"Mask reports: {mechanism['trust_model']}. Unit {mechanism.get('unit')}, Hamming bound "
+                    f"{mechanism.get('hamming_bound')}, epsilon per decision {mechanism.get('epsilon_per_decision')}, "
+                    f"per report {mechanism.get('epsilon_per_report')}."]
+    if eps["client"] is None:
+        out += ["", "No end-to-end client-level guarantee: something a client sends (see the weight channel) is "
+                    "not protected. The mask channel's own figure is shown beside it."]
+    out += ["", *[f"![{name}]({name})" for name in plots]]
+    return "\n".join(out) + "\n"

@@ -1,0 +1,162 @@
+"""The pruning strategy: Flower's FedAvg round loop, with fedprune deciding what each round does.
+
+``FedPrune`` extends FedAvg (sampling, messaging and the loop stay Flower's): it adds the round's
+plan and the global mask to every training message, parses the replies, and hands them to a
+``fedprune.coordinator.Coordinator``. Malformed replies and dropouts are logged with their reason,
+counted, and left out; the round completes when ``min-replies`` well-formed replies remain.
+
+``RejectMalformed`` is the same check as a wrapper, for when Flower's DP wrappers sit between:
+they clip every reply against the global model, which a malformed reply would crash, so the
+check must come first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from logging import INFO, WARNING
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+from flwr.serverapp.exception import AggregationError, PrivacyBudgetExhausted
+from flwr.serverapp.strategy import FedAvg, Strategy
+
+from fedprune import protocol
+from fedprune.compact import MalformedReply
+from fedprune.coordinator import BudgetExhausted, Coordinator, Reply, TooFewReplies
+
+
+def to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({name: Array(np.ascontiguousarray(value)) for name, value in arrays.items()})
+
+
+def from_record(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {name: array.numpy() for name, array in record.items()}
+
+
+class FedPrune(FedAvg):
+    """FedAvg whose rounds are planned, checked and aggregated by a fedprune Coordinator."""
+
+    def __init__(self, coordinator: Coordinator, *, round_offset: int = 0, **fedavg):
+        super().__init__(fraction_evaluate=0.0, min_evaluate_nodes=0, weighted_by_key=protocol.NUM_EXAMPLES,
+                         arrayrecord_key=protocol.ARRAYS, configrecord_key=protocol.CONFIG, **fedavg)
+        self.coordinator = coordinator
+        self.round_offset = round_offset
+        self.plan = None
+        self.sampled = 0
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        coordinator = self.coordinator
+        self.plan = coordinator.plan(self.round_offset + server_round)
+        packed, length = coordinator.packed_mask()
+        record = ConfigRecord({**dict(config), **coordinator.config.to_mapping(),
+                               **protocol.encode_plan(self.plan.to_mapping()),
+                               **protocol.encode_mask(packed, length)})
+        messages = list(super().configure_train(server_round, arrays, record, grid))
+        self.sampled = len(messages)
+        try:
+            coordinator.check_budget(self.plan, self.sampled)
+        except BudgetExhausted as error:
+            raise PrivacyBudgetExhausted(str(error)) from None
+        return messages
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        parsed = self.check_replies(replies)
+        try:
+            weights = self.coordinator.aggregate(self.plan, parsed, self.sampled)
+        except TooFewReplies as error:
+            raise AggregationError(str(error)) from None
+        metrics = {
+            "valid-replies": len(parsed),
+            "train-loss": float(np.average([r.metrics["train-loss"] for r in parsed],
+                                           weights=[r.examples for r in parsed])),
+            "density": self.coordinator.density(),
+            "pruned": int(self.plan.prune),
+        }
+        return to_record(weights), MetricRecord(metrics)
+
+    def check_replies(self, replies: Iterable[Message]) -> list[Reply]:
+        """Well-formed replies; the others are logged, counted and dropped."""
+        parsed = []
+        for reply in replies:
+            if reply.has_error():
+                self.coordinator.dropouts += 1
+                log(WARNING, "round %d: no reply from node %s (%s)", self.plan.round,
+                    reply.metadata.src_node_id, reply.error.reason)
+                continue
+            try:
+                parsed.append(self.parse(reply))
+            except MalformedReply as error:
+                client = _client_id(reply)
+                self.coordinator.reject(self.plan, client, str(error))
+                log(WARNING, "round %d: rejected the reply of node %s (client %s): %s", self.plan.round,
+                    reply.metadata.src_node_id, client, error)
+        return parsed
+
+    def parse(self, reply: Message) -> Reply:
+        content = reply.content
+        missing = [key for key in (protocol.ARRAYS, protocol.METRICS) if key not in content]
+        if missing:
+            raise MalformedReply(f"reply lacks {missing}")
+        try:
+            weights = from_record(content.array_records[protocol.ARRAYS])
+            metrics = dict(content.metric_records[protocol.METRICS])
+            values = dict(content.config_records[protocol.REPORT]) if protocol.REPORT in content else None
+        except (KeyError, TypeError, ValueError) as error:
+            raise MalformedReply(f"reply records have the wrong types: {error}") from None
+        report, votes = None, None
+        if values is not None:
+            if protocol.VOTES in values:
+                votes = np.frombuffer(values[protocol.VOTES], dtype=np.uint8) \
+                    if isinstance(values[protocol.VOTES], bytes) else None
+                if votes is None:
+                    raise MalformedReply("exact votes must be bytes")
+            else:
+                report = protocol.decode_report(values)
+        dpsgd = protocol.decode_dpsgd(metrics)
+        if dpsgd is not None:
+            metrics["dpsgd"] = dpsgd
+        return self.coordinator.check_reply(self.plan, weights, metrics, report, votes)
+
+    def summary(self) -> None:
+        log(INFO, "\t├──> fedprune: method %s, mechanism %s, target sparsity %s", self.coordinator.config.method,
+            self.coordinator.config.mechanism, self.coordinator.config.target_sparsity)
+        super().summary()
+
+
+class RejectMalformed(Strategy):
+    """Outermost wrapper: drop malformed and failed replies before an inner DP wrapper clips them."""
+
+    def __init__(self, strategy: Strategy, fedprune: FedPrune):
+        super().__init__()
+        self.strategy, self.fedprune = strategy, fedprune
+
+    def configure_train(self, server_round, arrays, config, grid):
+        return self.strategy.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(self, server_round, replies):
+        kept = []
+        for reply in replies:
+            if self.fedprune.check_replies([reply]):
+                kept.append(reply)
+        return self.strategy.aggregate_train(server_round, kept)
+
+    def configure_evaluate(self, server_round, arrays, config, grid):
+        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round, replies):
+        return self.strategy.aggregate_evaluate(server_round, replies)
+
+    def summary(self) -> None:
+        self.strategy.summary()
+
+
+def _client_id(reply: Message):
+    try:
+        value = reply.content.metric_records[protocol.METRICS]["client-id"]
+        return str(value) if isinstance(value, int) and value >= 0 else None
+    except (KeyError, TypeError):
+        return None
