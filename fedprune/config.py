@@ -35,11 +35,11 @@ SCHEDULE_NAMES = ("oneshot", "constant", "geometric", "polynomial")
 class RunConfig:
     """Every setting of a federated pruning run (kebab-case keys in pyproject.toml)."""
 
-    num_server_rounds: int = 20
+    num_server_rounds: int = 30
     num_clients: int = 10
     fraction_train: float = 1.0
     min_replies: int = 2
-    local_epochs: int = 1
+    local_epochs: int = 4
     batch_size: int = 32
     learning_rate: float = 0.05
     optimizer: str = "sgd"
@@ -53,9 +53,9 @@ class RunConfig:
     method: str = "votes"
     target_sparsity: float = 0.9
     schedule: str = "polynomial"
-    prune_start: int = 2
-    prune_end: int = 10
-    prune_every: int = 2
+    prune_start: int = 6
+    prune_end: int = 18
+    prune_every: int = 3
     scorer: str = "magnitude"
     distribution: str = "global"
     structure: str = "unstructured"

@@ -79,8 +79,8 @@ def test_config_defaults_equal_pyproject_flower_config():
 
 
 def test_config_from_mapping_coerces_and_rejects():
-    config = RunConfig.from_mapping({"target-sparsity": "0.8", "regrowth": "true", "num-server-rounds": 12.0})
-    assert config.target_sparsity == 0.8 and config.regrowth is True and config.num_server_rounds == 12
+    config = RunConfig.from_mapping({"target-sparsity": "0.8", "regrowth": "true", "num-server-rounds": 20.0})
+    assert config.target_sparsity == 0.8 and config.regrowth is True and config.num_server_rounds == 20
     assert RunConfig.from_mapping(config.to_mapping()) == config
     with pytest.raises(ConfigError, match="unknown setting.*valid settings: num-server-rounds"):
         RunConfig.from_mapping({"rounds": 3})
