@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 
 import numpy as np
@@ -51,7 +52,8 @@ class Accountant:
         # (client, unit) -> {event key: count}; keys ("bernoulli", p, q) or ("gaussian", sigma, rate)
         self._ledgers: dict[tuple[str, str], dict[tuple, int]] = {}
         self._unprotected: dict[tuple[str, str], set[str]] = {}
-        self._cache: dict[tuple, object] = {}
+        self._cache: dict[tuple, float] = {}  # (ledger, figure, parameter) -> value
+        self._plds: OrderedDict = OrderedDict()
 
     # --- recording --------------------------------------------------------------------------
 
@@ -82,7 +84,7 @@ class Accountant:
         twin = Accountant()
         twin._ledgers = copy.deepcopy(self._ledgers)
         twin._unprotected = copy.deepcopy(self._unprotected)
-        twin._cache = self._cache  # keyed by content, so safe to share
+        twin._cache, twin._plds = self._cache, self._plds  # keyed by content, so safe to share
         return twin
 
     # --- figures ----------------------------------------------------------------------------
@@ -93,21 +95,30 @@ class Accountant:
         A ledger of pure-eps releases only is also bounded by basic composition (delta 0), which
         the smaller of the two figures keeps when the discretisation would round above it.
         """
-        delta = probability("delta", delta)
-        return self._worst(unit, client, lambda ledger: min(_epsilon(self._pld(ledger), delta), _basic(ledger)))
+        return self._worst(unit, client, "epsilon", probability("delta", delta))
 
     def delta_for(self, epsilon: float, unit: str, client: str | None = None) -> float | None:
         """Delta at ``epsilon`` for ``client`` (the worst client when None); None: no guarantee."""
-        epsilon = _nonnegative(epsilon)
-        return self._worst(unit, client, lambda ledger: 0.0 if epsilon >= _basic(ledger)
-                           else float(self._pld(ledger).get_delta_for_epsilon(epsilon)))
+        return self._worst(unit, client, "delta", _nonnegative(epsilon))
 
     def rdp_epsilon(self, delta: float, unit: str, client: str | None = None) -> float | None:
         """The same ledger through Renyi DP (looser): a cross-check of ``epsilon``."""
-        delta = probability("delta", delta)
-        return self._worst(unit, client, lambda ledger: _rdp_epsilon(ledger, delta))
+        return self._worst(unit, client, "rdp", probability("delta", delta))
 
-    def _worst(self, unit, client, figure):
+    def _figure(self, ledger: Mapping[tuple, int], kind: str, value: float) -> float:
+        """One ledger's figure, cached by content: clients with the same history share it."""
+        key = (tuple(sorted(ledger.items())), kind, value)
+        if key not in self._cache:
+            if kind == "epsilon":
+                result = min(_epsilon(self._pld(ledger), value), _basic(ledger))
+            elif kind == "delta":
+                result = 0.0 if value >= _basic(ledger) else float(self._pld(ledger).get_delta_for_epsilon(value))
+            else:
+                result = _rdp_epsilon(ledger, value)
+            self._cache[key] = result
+        return self._cache[key]
+
+    def _worst(self, unit, client, kind: str, value: float):
         unit = check_unit(unit)
         clients = [_client(client)] if client is not None else self.clients
         worst = 0.0
@@ -116,14 +127,19 @@ class Accountant:
                 return None
             ledger = self._ledgers.get((name, unit))
             if ledger:
-                worst = max(worst, figure(ledger))
+                worst = max(worst, self._figure(ledger, kind, value))
         return worst
 
     def _pld(self, ledger: Mapping[tuple, int]):
-        signature = tuple(sorted(ledger.items()))
-        if signature not in self._cache:
-            self._cache[signature] = _compose(ledger)
-        return self._cache[signature]
+        # Composed PLDs can hold millions of points: keep only the few most recent.
+        key = tuple(sorted(ledger.items()))
+        if key in self._plds:
+            self._plds.move_to_end(key)
+        else:
+            self._plds[key] = _compose(ledger)
+            while len(self._plds) > PLD_CACHE:
+                self._plds.popitem(last=False)
+        return self._plds[key]
 
     # --- state ------------------------------------------------------------------------------
 
@@ -194,6 +210,7 @@ def _key(event: Event) -> tuple[tuple, int]:
     raise ConfigError(f"cannot account for {type(event).__name__}; record BernoulliPair, Gaussian or Unprotected")
 
 
+PLD_CACHE = 4
 MAX_SUPPORT = 2_000_000  # points of the composed loss distribution dp-accounting holds densely
 
 
