@@ -35,20 +35,23 @@ def pack(bits) -> np.ndarray:
 
 def unpack(packed, length: int) -> np.ndarray:
     """The ``length`` bits that ``pack`` stored in ``packed``; checks length and padding."""
-    length = _length(length)
-    packed = np.asarray(packed)
-    if packed.dtype != np.uint8:
-        raise ConfigError(f"packed bits must be a uint8 array, got dtype {packed.dtype}")
-    if packed.ndim != 1:
-        raise ConfigError(f"packed bits must be 1-D, got shape {packed.shape}")
+    packed = check_packed(np.asarray(packed), _length(length), "packed bits")
+    return np.unpackbits(packed, count=length, bitorder="little").astype(bool)
+
+
+def check_packed(packed, length: int, what: str) -> np.ndarray:
+    """``packed`` if it is a 1-D uint8 array of ``length`` bits with zero padding, else ConfigError."""
+    if not isinstance(packed, np.ndarray) or packed.dtype != np.uint8 or packed.ndim != 1:
+        got = f"dtype {packed.dtype}, shape {packed.shape}" if isinstance(packed, np.ndarray) else type(packed).__name__
+        raise ConfigError(f"{what} must be a 1-D uint8 array from fedprune.bits.pack, got {got}")
     expected = packed_length(length)
     if packed.size != expected:
-        raise ConfigError(f"{length} bits pack into {expected} bytes, got {packed.size} bytes: "
-                          "the report does not match this mask's size")
+        raise ConfigError(f"{what}: {length} bits pack into {expected} bytes, got {packed.size}: "
+                          "the mask length does not match")
     if length % 8 and packed[-1] >> (length % 8):
-        raise ConfigError(f"padding bits after bit {length} are not zero: the packed mask is corrupt "
-                          "or was packed for a different length")
-    return np.unpackbits(packed, count=length, bitorder="little").astype(bool)
+        raise ConfigError(f"{what}: padding bits after bit {length} are not zero (corrupt, or packed for "
+                          "another length)")
+    return packed
 
 
 def flatten_masks(masks: Mapping[str, Tensor]) -> np.ndarray:

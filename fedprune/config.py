@@ -170,26 +170,17 @@ def _coerce(key: str, value, kind: type):
         if isinstance(value, str) and value.lower() in ("true", "false"):
             return value.lower() == "true"
         raise ConfigError(f"{key} must be true or false, got {value!r}")
-    if kind is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key} must be an integer, got {value!r}")
-    if kind is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key} must be a number, got {value!r}")
+    if kind in (int, float):
+        what = "an integer" if kind is int else "a number"
+        try:
+            if isinstance(value, bool):
+                raise TypeError
+            number = kind(value) if isinstance(value, str) else float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key} must be {what}, got {value!r}") from None
+        if kind is int and not float(number).is_integer():
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return int(number) if kind is int else float(number)
     if not isinstance(value, str):
         raise ConfigError(f"{key} must be a string, got {value!r}")
     return value

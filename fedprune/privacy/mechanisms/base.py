@@ -19,7 +19,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-from fedprune.bits import packed_length
+from fedprune.bits import check_packed
 from fedprune.privacy.events import Event
 from fedprune.privacy.rng import check_generator
 from fedprune.privacy.spec import ReportSpec
@@ -252,21 +252,6 @@ class Mechanism(ABC):
 
 
 # --- shared checks ---------------------------------------------------------------------------
-
-def check_packed(packed, bit_count: int, what: str) -> np.ndarray:
-    """``packed`` as a 1-D uint8 array of ``bit_count`` bits with zero padding, or a ConfigError."""
-    if not isinstance(packed, np.ndarray) or packed.dtype != np.uint8 or packed.ndim != 1:
-        got = f"dtype {packed.dtype}, shape {packed.shape}" if isinstance(packed, np.ndarray) else type(packed).__name__
-        raise ConfigError(f"{what} must be a 1-D uint8 array from fedprune.bits.pack, got {got}")
-    expected = packed_length(bit_count)
-    if packed.size != expected:
-        raise ConfigError(f"{what}: {bit_count} bits pack into {expected} bytes, got {packed.size}: "
-                          "the mask length does not match")
-    if bit_count % 8 and packed[-1] >> (bit_count % 8):
-        raise ConfigError(f"{what}: padding bits after bit {bit_count} are not zero (corrupt, or packed for "
-                          "another length)")
-    return packed
-
 
 def check_epsilon(epsilon, name: str = "epsilon") -> float:
     """A finite epsilon > 0 as a float."""
