@@ -139,7 +139,7 @@ def test_subset_sampling_central_figures():
     assert make_mechanism("sampling", length=D, spec=SPEC, epsilon=0.5, sample_size=20).epsilon_per_report == 6.0
     assert sampling.event().count == 10
     mech = central()
-    assert mech.event() == Gaussian(noise_multiplier=2.0)
+    assert mech.event() == Gaussian(noise_multiplier=2.0, sensitivity=1.0)
     assert mech.noise_std == pytest.approx(2.0 * math.sqrt(12))
     assert "trusted" in mech.describe(delta=1e-5)["trust_model"]
     from fedprune.privacy.closed_form import analytic_gaussian_epsilon, analytic_gaussian_sigma

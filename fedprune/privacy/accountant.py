@@ -1,178 +1,188 @@
 """One ledger per client and unit of protection, composed on dp-accounting privacy-loss distributions.
 
 ``record`` puts an event (``fedprune.privacy.events``) in the ledgers of the clients that released
-it, under each unit it protects; ``epsilon`` composes a ledger and reads epsilon at delta. The
-run's figure is the worst client's. Units are never mixed: an event recorded under "record" says
-nothing about "client".
+it, under each unit it protects; ``epsilon`` composes a ledger and reads epsilon at delta; the run's
+figure is the worst client's. Units are never mixed. A ledger is {event: count}, so k records of an
+event, one record with ``count=k`` and one event with ``count=k`` are the same ledger.
 
-How each event becomes a privacy-loss distribution (PLD), always pessimistically:
-- ``BernoulliPair(p, q, count)``: all coordinates with the same (p, q) in a ledger are one
-  Binomial pair, composed exactly in closed form (the loss of j agreeing outputs out of n is
-  j log(p/q) + (n - j) log((1-p)/(1-q))) before a single rounding up; both orders of the
-  neighbours are taken (``symmetric=False``). For randomized response this is the exact
-  Kairouz-Oh-Viswanath composition, up to one discretisation step.
-- ``Gaussian(noise_multiplier, sampling_rate, count)``: neighbouring datasets are replace-one,
-  so a clipped contribution can move by twice the clipping norm: sensitivity 2 in units of
-  the clipping norm (``NeighborRel.REPLACE_ONE`` when Poisson-sampled), composed with
-  ``self_compose``.
-- ``Unprotected``: that unit has no guarantee for that client; ``epsilon`` returns None.
+How a ledger becomes one privacy-loss distribution (PLD), never optimistic:
+- ``BernoulliPair(p, q)`` x n: a coordinate may change either way, so it is replaced by the tightest
+  pair dominating both orders at once (Symm(f) of Dong, Roth & Su 2022, Gaussian DP, Prop. 2.4):
+  outcomes +1, 0, -1 with probabilities (hi, 1-hi-lo, lo) against (lo, 1-hi-lo, hi), loss +-e0 or 0,
+  e0 = log(hi/lo) the larger log-ratio of (p, q); for randomized response (p = 1-q), the channel
+  itself. The worse of the two pure orders is NOT enough: a report mixing 1->0 and 0->1 changes can
+  lose more than either. The n-fold loss lives on the lattice e0 Z and is computed there exactly (a
+  binomial for randomized response, else an FFT convolution of three atoms), then rounded up onto
+  the PLD grid once: the exact Kairouz-Oh-Viswanath composition, up to one grid step.
+- ``Gaussian``, ``sampling_rate`` 1: a ledger's unsampled Gaussians compose exactly into one, of
+  normalised shift sqrt(sum count (sensitivity / noise_multiplier)^2).
+- ``Gaussian``, ``sampling_rate`` < 1: dp-accounting's replace-one subsampled Gaussian (neighbours at
+  -+sensitivity/2), ``self_compose``d ``count`` times.
+- ``Unprotected``: no guarantee in that unit for that client; figures are None.
 
-Discretisation: interval = min(1e-4, eps_min / (10 N)) for N distinct distributions composed
-(eps_min the smallest per-coordinate eps), so the rounding adds at most N intervals of
-pessimism in all (DESIGN: at most eps/(10 N) per release); coarser only for huge reports
-(see ``_interval``).
+Discretisation. DESIGN asks for a step of at most eps/(10 N) for N releases, as rounding each
+release's loss up adds up to N steps. Bernoulli groups are rounded once each, so N counts groups:
+step min(1e-4, e0_min / (10 N)). Gaussians use dp-accounting's connect-the-dots, whose pessimism
+does not grow like N steps: 10^4 self-composed Gaussians at step 1e-4 came out at most 4e-5 above
+the analytic figure, and at 1e-5 further above (FFT round-off on 10x longer arrays), so 1e-4 stays. The
+step is coarsened only to keep the grid under MAX_SUPPORT points (see ``_interval``).
 """
 
 from __future__ import annotations
 
-import copy
+import copy as copy_module
 import math
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 
 import numpy as np
 from dp_accounting import dp_event
+from dp_accounting.pld import common
 from dp_accounting.pld import privacy_loss_distribution as pld_lib
-from dp_accounting.rdp import rdp_privacy_accountant
+from dp_accounting.rdp import rdp_privacy_accountant as rdp_lib
 from dp_accounting.rdp.rdp_privacy_accountant import NeighborRel
+from scipy import stats
 from scipy.optimize import brentq
-from scipy.special import gammaln
 
-from fedprune.privacy.events import UNITS, BernoulliPair, Event, Gaussian, Unprotected, check_unit
-from fedprune.validation import ConfigError, positive_int, probability
+from fedprune.privacy.events import BernoulliPair, Event, Gaussian, Unprotected, check_unit
+from fedprune.validation import ConfigError, finite, positive_int, probability
 
 KIND, VERSION = "fedprune.accountant", 1
-GAUSSIAN_SENSITIVITY = 2.0  # replace-one: a clipped contribution moves by up to twice the norm
+FINEST_STEP = 1e-4      # grid step of the PLD unless eps/(10 N) asks for finer
+MAX_SUPPORT = 2_000_000  # grid points a composed PLD may hold (dense float64: 16 MB)
+TAIL = 1e-15             # probability mass a lattice may drop, counted as infinite loss
+PLD_CACHE = 4            # composed PLDs kept (up to MAX_SUPPORT points each); figures are all kept
+_EVENT_FIELDS = {"bernoulli": ("p", "q", "count"),
+                 "gaussian": ("noise_multiplier", "sampling_rate", "sensitivity", "count")}
 
 
 class Accountant:
-    """Per-client, per-unit privacy ledgers."""
+    """Per-client, per-unit privacy ledgers; figures for one client or the worst one."""
 
     def __init__(self):
-        # (client, unit) -> {event key: count}; keys ("bernoulli", p, q) or ("gaussian", sigma, rate)
-        self._ledgers: dict[tuple[str, str], dict[tuple, int]] = {}
+        self._ledgers: dict[tuple[str, str], dict[tuple, int]] = {}  # (client, unit) -> {event key: count}
         self._unprotected: dict[tuple[str, str], set[str]] = {}
-        self._cache: dict[tuple, float] = {}  # (ledger, figure, parameter) -> value
+        # caches keyed by ledger content (clients with equal histories share), shared with copies
+        self._figures: dict[tuple, float] = {}
         self._plds: OrderedDict = OrderedDict()
 
-    # --- recording --------------------------------------------------------------------------
-
     def record(self, event: Event, *, units: Iterable[str], clients: Iterable[str], count: int = 1) -> None:
-        """Add ``count`` copies of ``event`` to each client's ledger under each unit."""
-        units = [check_unit(unit) for unit in units]
-        clients = [_client(client) for client in clients]
+        """Add ``count`` x ``event`` to each client's ledger under each unit (``Unprotected``: no guarantee)."""
+        units = _names("units", units, check_unit, "['client'] or ['record', 'client']")
+        clients = _names("clients", clients, _client, "['0', '1']")
         count = positive_int("count", count)
-        if not units or not clients:
-            raise ConfigError("record needs at least one unit and one client")
         if isinstance(event, Unprotected):
-            for client in clients:
-                for unit in units:
-                    self._unprotected.setdefault((client, unit), set()).add(event.what)
-                    self._ledgers.setdefault((client, unit), {})
+            for key in ((client, unit) for client in clients for unit in units):
+                self._unprotected.setdefault(key, set()).add(str(event.what))
+                self._ledgers.setdefault(key, {})
             return
         key, times = _key(event)
-        for client in clients:
-            for unit in units:
-                ledger = self._ledgers.setdefault((client, unit), {})
-                ledger[key] = ledger.get(key, 0) + times * count
+        for ledger in (self._ledgers.setdefault((client, unit), {}) for client in clients for unit in units):
+            ledger[key] = ledger.get(key, 0) + times * count
 
     @property
     def clients(self) -> list[str]:
+        """Every client with anything recorded, in any unit."""
         return sorted({client for client, _ in self._ledgers})
 
     def copy(self) -> Accountant:
+        """An independent accountant with the same ledgers (the content-keyed caches are shared)."""
         twin = Accountant()
-        twin._ledgers = copy.deepcopy(self._ledgers)
-        twin._unprotected = copy.deepcopy(self._unprotected)
-        twin._cache, twin._plds = self._cache, self._plds  # keyed by content, so safe to share
+        twin._ledgers = copy_module.deepcopy(self._ledgers)
+        twin._unprotected = copy_module.deepcopy(self._unprotected)
+        twin._figures, twin._plds = self._figures, self._plds
         return twin
 
-    # --- figures ----------------------------------------------------------------------------
+    # --- figures ----------------------------------------------------------------------------------
 
     def epsilon(self, delta: float, unit: str, client: str | None = None) -> float | None:
-        """Epsilon at ``delta`` for ``client`` (the worst client when None); None: no guarantee.
+        """Epsilon at ``delta`` for ``client`` (the worst client when None); None: no guarantee; 0.0: nothing recorded.
 
-        A ledger of pure-eps releases only is also bounded by basic composition (delta 0), which
-        the smaller of the two figures keeps when the discretisation would round above it.
+        Pure ledgers (Bernoulli pairs only) are also bounded by basic composition (sum of eps, delta 0),
+        which wins where the grid rounding would lift the PLD figure above it (one release, say).
         """
-        return self._worst(unit, client, "epsilon", probability("delta", delta))
+        delta = _delta(delta)
+        return self._worst(unit, client, lambda ledger: min(
+            self._figure(ledger, ("epsilon", delta), lambda pld: _epsilon(pld, delta)), _basic(ledger)))
 
     def delta_for(self, epsilon: float, unit: str, client: str | None = None) -> float | None:
-        """Delta at ``epsilon`` for ``client`` (the worst client when None); None: no guarantee."""
-        return self._worst(unit, client, "delta", _nonnegative(epsilon))
+        """Delta at ``epsilon`` >= 0 for ``client`` (the worst client when None); None: no guarantee."""
+        epsilon = finite("epsilon", epsilon)
+        if epsilon < 0:
+            raise ConfigError(f"epsilon must be >= 0, got {epsilon!r}; pass the epsilon you want the delta for")
+        return self._worst(unit, client, lambda ledger: 0.0 if epsilon >= _basic(ledger) else self._figure(
+            ledger, ("delta", epsilon), lambda pld: min(1.0, float(pld.get_delta_for_epsilon(epsilon)))))
 
     def rdp_epsilon(self, delta: float, unit: str, client: str | None = None) -> float | None:
-        """The same ledger through Renyi DP (looser): a cross-check of ``epsilon``."""
-        return self._worst(unit, client, "rdp", probability("delta", delta))
+        """The same ledger through Renyi DP (looser than the PLD): a cross-check of ``epsilon``."""
+        delta = _delta(delta)
+        return self._worst(unit, client, lambda ledger: self._figure(
+            ledger, ("rdp", delta), lambda: _rdp_epsilon(ledger, delta), pld=False))
 
-    def _figure(self, ledger: Mapping[tuple, int], kind: str, value: float) -> float:
-        """One ledger's figure, cached by content: clients with the same history share it."""
-        key = (tuple(sorted(ledger.items())), kind, value)
-        if key not in self._cache:
-            if kind == "epsilon":
-                result = min(_epsilon(self._pld(ledger), value), _basic(ledger))
-            elif kind == "delta":
-                result = 0.0 if value >= _basic(ledger) else float(self._pld(ledger).get_delta_for_epsilon(value))
-            else:
-                result = _rdp_epsilon(ledger, value)
-            self._cache[key] = result
-        return self._cache[key]
-
-    def _worst(self, unit, client, kind: str, value: float):
+    def _worst(self, unit, client, figure) -> float | None:
         unit = check_unit(unit)
-        clients = [_client(client)] if client is not None else self.clients
         worst = 0.0
-        for name in clients:
+        for name in self.clients if client is None else [_client(client)]:
             if self._unprotected.get((name, unit)):
                 return None
-            ledger = self._ledgers.get((name, unit))
-            if ledger:
-                worst = max(worst, self._figure(ledger, kind, value))
+            if self._ledgers.get((name, unit)):
+                worst = max(worst, figure(self._ledgers[(name, unit)]))
         return worst
 
-    def _pld(self, ledger: Mapping[tuple, int]):
-        # Composed PLDs can hold millions of points: keep only the few most recent.
-        key = tuple(sorted(ledger.items()))
-        if key in self._plds:
-            self._plds.move_to_end(key)
-        else:
-            self._plds[key] = _compose(ledger)
-            while len(self._plds) > PLD_CACHE:
-                self._plds.popitem(last=False)
-        return self._plds[key]
+    def _figure(self, ledger: Mapping[tuple, int], query: tuple, compute, pld: bool = True) -> float:
+        """``compute(composed PLD)`` (or ``compute()``) for the ledger, cached by content."""
+        signature = tuple(sorted(ledger.items()))
+        if (signature, query) not in self._figures:
+            if not pld:
+                self._figures[(signature, query)] = compute()
+            else:
+                if signature not in self._plds:
+                    self._plds[signature] = _compose(ledger)
+                    while len(self._plds) > PLD_CACHE:
+                        self._plds.popitem(last=False)
+                self._plds.move_to_end(signature)
+                self._figures[(signature, query)] = compute(self._plds[signature])
+        return self._figures[(signature, query)]
 
-    # --- state ------------------------------------------------------------------------------
+    # --- state ------------------------------------------------------------------------------------
 
     def state_dict(self) -> dict:
-        """JSON-able: every ledger's events with their counts, and the unprotected releases."""
+        """JSON-able: each ledger's events (as accounted, grouped, with counts) and unprotected releases."""
         ledgers = []
         for (client, unit), ledger in sorted(self._ledgers.items()):
-            ledgers.append({"client": client, "unit": unit,
-                            "events": [[*key, count] for key, count in sorted(ledger.items())],
+            events = [dict(zip(("event", *_EVENT_FIELDS[key[0]]), (*key, count)))
+                      for key, count in sorted(ledger.items())]
+            ledgers.append({"client": client, "unit": unit, "events": events,
                             "unprotected": sorted(self._unprotected.get((client, unit), ()))})
         return {"kind": KIND, "version": VERSION, "ledgers": ledgers}
 
     def load_state_dict(self, state: Mapping) -> None:
-        """Replace the ledgers with ``state``; a malformed or foreign state changes nothing."""
+        """Replace the ledgers with ``state``; a malformed or foreign state raises ConfigError and changes nothing."""
         if not isinstance(state, Mapping) or state.get("kind") != KIND:
-            raise ConfigError(f"not a fedprune accountant state (kind {getattr(state, 'get', lambda k: None)('kind')!r})")
+            kind = state.get("kind") if isinstance(state, Mapping) else type(state).__name__
+            raise ConfigError(f"not a fedprune accountant state (kind {kind!r}, expected {KIND!r}); "
+                              "pass what Accountant.state_dict() returned")
         if state.get("version") != VERSION:
-            raise ConfigError(f"accountant state version {state.get('version')!r}; this fedprune reads {VERSION}")
+            raise ConfigError(f"accountant state version {state.get('version')!r}; this fedprune reads version "
+                              f"{VERSION}: load it with the fedprune that wrote it")
+        _exact_keys("accountant state", state, {"kind", "version", "ledgers"})
         twin = Accountant()
-        try:
-            for entry in state["ledgers"]:
-                client, unit = _client(entry["client"]), check_unit(entry["unit"])
-                twin._ledgers[(client, unit)] = {}
-                for item in entry["events"]:
-                    kind, a, b, count = item
-                    event = BernoulliPair(a, b) if kind == "bernoulli" else Gaussian(a, b) if kind == "gaussian" else None
-                    if event is None:
-                        raise ConfigError(f"unknown event kind {kind!r}")
-                    twin._ledgers[(client, unit)][_key(event)[0]] = positive_int("count", count)
-                if entry["unprotected"]:
-                    twin._unprotected[(client, unit)] = {str(what) for what in entry["unprotected"]}
-        except (KeyError, TypeError, ValueError) as error:
-            raise ConfigError(f"malformed accountant state: {error}") from None
+        for entry in _listed("ledgers", state["ledgers"]):
+            _exact_keys("ledger", entry, {"client", "unit", "events", "unprotected"})
+            where = (_client(entry["client"]), check_unit(entry["unit"]))
+            if where in twin._ledgers:
+                raise ConfigError(f"malformed accountant state: two ledgers for client {where[0]!r}, unit {where[1]!r}")
+            ledger = twin._ledgers[where] = {}
+            for item in _listed("events", entry["events"]):
+                key, count = _event_from_state(item)
+                if key in ledger:
+                    raise ConfigError(f"malformed accountant state: event {item!r} listed twice in one ledger")
+                ledger[key] = count
+            reasons = _listed("unprotected", entry["unprotected"])
+            if any(not isinstance(reason, str) for reason in reasons):
+                raise ConfigError(f"malformed accountant state: unprotected releases must be strings, got {reasons!r}")
+            if reasons:
+                twin._unprotected[where] = set(reasons)
         self._ledgers, self._unprotected = twin._ledgers, twin._unprotected
 
     @classmethod
@@ -182,111 +192,165 @@ class Accountant:
         return accountant
 
 
-def _epsilon(pld, delta: float) -> float:
-    """Epsilon at ``delta`` of ``pld``, between its atoms.
+# --- events as ledger keys ------------------------------------------------------------------------
 
-    dp-accounting returns the smallest loss atom whose delta is below ``delta``: an upper bound,
-    up to one atom spacing loose (0.34 at 1000-fold eps-2 randomized response). The hockey-stick
-    delta is continuous and decreasing in epsilon, so a root search below that atom is exact.
-    """
-    upper = float(pld.get_epsilon_for_delta(delta))
-    if upper <= 0 or pld.get_delta_for_epsilon(0.0) <= delta or pld.get_delta_for_epsilon(upper) >= delta:
-        return max(upper, 0.0)
-    return float(brentq(lambda eps: pld.get_delta_for_epsilon(eps) - delta, 0.0, upper, xtol=1e-9, rtol=1e-12))
+def _key(event: Event) -> tuple[tuple, int]:
+    """(canonical key, count): pairs equal up to relabelling share a key (they have the same dominating pair)."""
+    if isinstance(event, BernoulliPair):
+        p, q = event.p, event.q
+        one, zero = (max(p, q), min(p, q)), (max(1 - p, 1 - q), min(1 - p, 1 - q))
+        hi, lo = one if one[0] / one[1] >= zero[0] / zero[1] else zero  # the outcome with the larger ratio
+        return ("bernoulli", float(hi), float(lo)), event.count
+    if isinstance(event, Gaussian):
+        return ("gaussian", float(event.noise_multiplier), float(event.sampling_rate), float(event.sensitivity)), \
+            event.count
+    raise ConfigError(f"cannot account for {type(event).__name__}; record a fedprune.privacy.events "
+                      "BernoulliPair, Gaussian or Unprotected")
 
+
+def _event_from_state(item) -> tuple[tuple, int]:
+    kind = item.get("event") if isinstance(item, Mapping) else None
+    if kind not in _EVENT_FIELDS:
+        raise ConfigError(f"unknown event kind {kind!r} in accountant state; known: {', '.join(_EVENT_FIELDS)}")
+    _exact_keys(f"{kind} event", item, {"event", *_EVENT_FIELDS[kind]})
+    values = {name: item[name] for name in _EVENT_FIELDS[kind]}
+    if any(isinstance(value, bool) for value in values.values()):
+        raise ConfigError(f"malformed accountant state: {item!r} holds a boolean where a number belongs")
+    return _key(BernoulliPair(**values) if kind == "bernoulli" else Gaussian(**values))
+
+
+# --- composition ----------------------------------------------------------------------------------
 
 def _basic(ledger: Mapping[tuple, int]) -> float:
     """Sum of per-coordinate eps when every release is pure (Bernoulli pairs); inf otherwise."""
-    if any(kind != "bernoulli" for kind, _, _ in ledger):
+    if any(key[0] != "bernoulli" for key in ledger):
         return math.inf
-    return sum(count * BernoulliPair(a, b).epsilon_per_coordinate for (_, a, b), count in ledger.items())
+    return math.fsum(count * math.log(hi / lo) for (_, hi, lo), count in ledger.items())
 
 
-def _key(event: Event) -> tuple[tuple, int]:
-    if isinstance(event, BernoulliPair):
-        return ("bernoulli", float(event.p), float(event.q)), event.count
-    if isinstance(event, Gaussian):
-        return ("gaussian", float(event.noise_multiplier), float(event.sampling_rate)), event.count
-    raise ConfigError(f"cannot account for {type(event).__name__}; record BernoulliPair, Gaussian or Unprotected")
+def _lattice(hi: float, lo: float, n: int) -> tuple[int, np.ndarray, float]:
+    """The n-fold loss of the dominating pair on e0 Z: (lowest multiple m0, masses of m0, m0+1, ..., infinite mass).
 
-
-PLD_CACHE = 4
-MAX_SUPPORT = 2_000_000  # points of the composed loss distribution dp-accounting holds densely
-
-
-def _interval(ledger: Mapping[tuple, int]) -> float:
-    """min(1e-4, eps_min / (10 N)), coarsened only when the composed support would pass MAX_SUPPORT.
-
-    A mask report of Delta = 10^5 coordinates spans a loss range of 10^5 eps; holding it at 1e-4
-    would take 10^9 points. Coarsening to range / MAX_SUPPORT keeps the pessimism of each of the N
-    roundings below range / 2e6, a relative 5e-7 of the range.
+    Randomized response: m = 2i - n, i ~ Binomial(n, hi/(hi+lo)), exact on the window holding all
+    but TAIL; the mass below it moves up onto its first point, the mass above counts as infinite
+    loss (both pessimistic). Below w = 1e-9 that RR at e0 dominates the pair (as it does every e0-DP
+    pair). Otherwise dp-accounting's FFT self-convolution of (lo, w, hi), dropping at most TAIL.
     """
-    smallest, span = 1.0, 0.0
-    for (kind, a, b), count in ledger.items():
-        if kind == "bernoulli":
-            eps = BernoulliPair(a, b).epsilon_per_coordinate
-            smallest, span = min(smallest, eps), span + 2 * count * eps
-        else:  # loss of a Gaussian with sensitivity 2 at +-10 standard deviations
-            span += 2 * count * (2 / a**2 + 20 / a)
-    return max(min(1e-4, smallest / (10 * len(ledger))), span / MAX_SUPPORT)
+    w = 1.0 - hi - lo
+    if w > 1e-9:
+        start, probs = common.self_convolve(np.array([lo, w, hi]), n, TAIL)
+        return start - n, np.clip(np.asarray(probs, dtype=float), 0.0, None), TAIL
+    law = stats.binom(n, hi / (hi + lo))
+    first, last = int(law.ppf(TAIL / 2)), int(law.isf(TAIL / 2))
+    masses = np.zeros(2 * (last - first) + 1)  # i = first..last sits on m = 2i - n, every other point
+    masses[::2] = np.exp(law.logpmf(np.arange(first, last + 1)))
+    masses[0] += law.cdf(first - 1) if first > 0 else 0.0
+    return 2 * first - n, masses, float(law.sf(last))
+
+
+def _interval(lattices, gaussian_spans: list[float]) -> float:
+    """Grid step: min(1e-4, e0_min / (10 N_groups)), coarsened to span / MAX_SUPPORT where wider.
+
+    The grid spans the sum of the pieces' loss ranges: 10^6 coordinates at e0 = 1 span ~10^4, 10^8
+    points at 1e-4. Coarsened, each group is pessimistic by at most one step, 5e-7 of its span.
+    """
+    step = FINEST_STEP
+    if lattices:
+        step = min(step, min(e0 for e0, *_ in lattices) / (10 * len(lattices)))
+    span = sum(e0 * len(masses) for e0, _, masses, _ in lattices) + sum(gaussian_spans)
+    return max(step, span / MAX_SUPPORT)
 
 
 def _compose(ledger: Mapping[tuple, int]):
-    interval = _interval(ledger)
-    total = None
-    for (kind, a, b), count in sorted(ledger.items()):
-        if kind == "bernoulli":
-            part = _binomial_pld(a, b, count, interval)
-        else:
-            # dp-accounting's REPLACE shifts the two neighbours by -s and +s: s = 1 clipping norm.
-            part = pld_lib.from_gaussian_mechanism(a, sensitivity=GAUSSIAN_SENSITIVITY / 2, sampling_prob=b,
-                                                   value_discretization_interval=interval,
-                                                   neighboring_relation=NeighborRel.REPLACE_ONE).self_compose(count)
-        total = part if total is None else total.compose(part)
+    lattices = [(math.log(key[1] / key[2]), *_lattice(key[1], key[2], n)) for key, n in sorted(ledger.items())
+                if key[0] == "bernoulli"]
+    gaussians = [(key[1:], n) for key, n in sorted(ledger.items()) if key[0] == "gaussian"]
+    shift = math.sqrt(sum(n * (s / sigma) ** 2 for (sigma, rate, s), n in gaussians if rate == 1.0))
+    sampled = [(sigma, rate, s, n) for (sigma, rate, s), n in gaussians if rate < 1.0]
+    # loss ranges of the Gaussians, for sizing the grid only (dp-accounting keeps +-10 std of noise)
+    spans = [20 * shift + shift**2] if shift else []
+    spans += [20 * (s / sigma) * (1 + rate * math.sqrt(n)) + n * (rate * s / sigma) ** 2
+              for sigma, rate, s, n in sampled]
+    step = _interval(lattices, spans)
+    pieces = [_lattice_pld(e0, start, masses, infinite, step) for e0, start, masses, infinite in lattices]
+    if shift:
+        pieces.append(pld_lib.from_gaussian_mechanism(1.0, sensitivity=shift, value_discretization_interval=step))
+    for sigma, rate, s, n in sampled:
+        single = pld_lib.from_gaussian_mechanism(sigma, sensitivity=s / 2, sampling_prob=rate,
+                                                 value_discretization_interval=step,
+                                                 neighboring_relation=NeighborRel.REPLACE_ONE)
+        pieces.append(single.self_compose(n))
+    total = pieces[0]
+    for piece in pieces[1:]:
+        total = total.compose(piece)
     return total
 
 
-def _binomial_pld(p: float, q: float, n: int, interval: float):
-    """The exact n-fold PLD of Bernoulli(p) against Bernoulli(q), rounded up once."""
-    j = np.arange(n + 1)
-    log_choose = gammaln(n + 1) - gammaln(j + 1) - gammaln(n - j + 1)
-    log_p = log_choose + j * math.log(p) + (n - j) * math.log1p(-p)
-    log_q = log_choose + j * math.log(q) + (n - j) * math.log1p(-q)
+def _lattice_pld(e0: float, start: int, masses: np.ndarray, infinite: float, step: float):
+    """Round the lattice losses m e0 up onto the grid (pessimistic) and wrap them as a symmetric PLD."""
+    loss = np.arange(start, start + len(masses)) * e0
+    index = np.ceil(loss / step)
+    index[index * step < loss] += 1  # floating point must never round a loss down
+    keep = masses > 0
+    values, inverse = np.unique(index[keep].astype(np.int64), return_inverse=True)
+    sums = np.bincount(inverse, weights=masses[keep])
+    rounded = {int(v): float(mass) for v, mass in zip(values, sums)}
+    return pld_lib.PrivacyLossDistribution.create_from_rounded_probability(rounded, infinite, step, True)
 
-    def rounded(log_upper, log_lower):
-        loss = np.ceil((log_upper - log_lower) / interval).astype(np.int64)
-        mass = np.exp(log_upper)
-        values, index = np.unique(loss, return_inverse=True)
-        sums = np.bincount(index, weights=mass)
-        return {int(v): float(m) for v, m in zip(values, sums) if m > 0}
 
-    return pld_lib.PrivacyLossDistribution.create_from_rounded_probability(
-        rounded(log_p, log_q), 0.0, interval, True, rounded(log_q, log_p), 0.0, symmetric=False)
+def _epsilon(pld, delta: float) -> float:
+    """The least epsilon >= 0 at which ``pld``'s hockey-stick divergence is at most ``delta`` (inf: none).
+
+    dp-accounting's answer is an upper bound, but a grid point where e^-loss underflows (losses above
+    ~700: up to 2 e0 loose for randomized response). The divergence is continuous and decreasing in
+    epsilon, so Brent's root below that bound is exact; it is nudged up until the condition holds.
+    """
+    if pld.get_delta_for_epsilon(0.0) <= delta:
+        return 0.0
+    high = float(pld.get_epsilon_for_delta(delta))
+    if not math.isfinite(high):
+        return math.inf
+    while pld.get_delta_for_epsilon(high) > delta:
+        high = high * (1 + 1e-9) + 1e-12
+    eps = brentq(lambda e: pld.get_delta_for_epsilon(e) - delta, 0.0, high, xtol=1e-13, rtol=1e-15)
+    step = max(eps, 1.0) * 1e-13
+    while pld.get_delta_for_epsilon(eps) > delta:
+        eps, step = eps + step, 2 * step
+    return float(eps)
 
 
 def _rdp_epsilon(ledger: Mapping[tuple, int], delta: float) -> float:
-    """Renyi DP of the ledger; randomized response needs replace-one, sampled Gaussians add-or-remove.
+    """Renyi DP of the ledger, order by order, converted to epsilon at delta (dp-accounting's conversion).
 
-    The two parts are composed in RDP order by order (the orders are the accountant's defaults).
+    Bernoulli groups: the exact Renyi divergence of the dominating three-outcome pair. Gaussians:
+    dp-accounting's RdpAccountant at noise multiplier sigma/sensitivity. For Poisson-sampled ones it has
+    no replace-one analysis, so the add-or-remove sampled Gaussian at the full replace-one distance is
+    used: it dominates the replace-one pair in every Renyi order checked (sigma 0.5..5, rate 1e-3..0.9,
+    orders 1.5..64, by numerical integration); this figure is a cross-check, never the reported one.
     """
-    replace = rdp_privacy_accountant.RdpAccountant(neighboring_relation=NeighborRel.REPLACE_ONE)
-    add_remove = rdp_privacy_accountant.RdpAccountant()
-    for (kind, a, b), count in ledger.items():
-        if kind == "bernoulli":
-            # Any eps-DP coordinate is dominated by binary randomized response at eps (KOV).
-            eps = BernoulliPair(a, b).epsilon_per_coordinate
-            replace.compose(dp_event.RandomizedResponseDpEvent(noise_parameter=2 / (1 + math.exp(eps)),
-                                                               num_buckets=2), count)
-        elif b < 1:
-            # Replace-one as two add-or-remove steps is not a composition; bound it by doubling
-            # the sensitivity instead (noise multiplier halved), as the PLD does.
-            add_remove.compose(dp_event.PoissonSampledDpEvent(b, dp_event.GaussianDpEvent(a / GAUSSIAN_SENSITIVITY)),
-                               count)
+    gaussian = rdp_lib.RdpAccountant()
+    orders = np.asarray(gaussian._orders, dtype=float)  # dp-accounting 0.6.0 keeps per-order RDP private
+    rdp = np.zeros_like(orders)
+    for key, n in ledger.items():
+        if key[0] == "bernoulli":  # sum over outcomes of A^a B^(1-a): hi^a lo^(1-a) + w + lo^a hi^(1-a)
+            log_hi, log_lo, w = math.log(key[1]), math.log(key[2]), 1.0 - key[1] - key[2]
+            terms = np.logaddexp(orders * log_hi + (1 - orders) * log_lo, orders * log_lo + (1 - orders) * log_hi)
+            rdp += n * (np.logaddexp(terms, math.log(w)) if w > 0 else terms) / (orders - 1)
         else:
-            add_remove.compose(dp_event.GaussianDpEvent(a / GAUSSIAN_SENSITIVITY), count)
-    orders = np.asarray(replace._orders)
-    rdp = np.asarray(replace._rdp) + np.asarray(add_remove._rdp)
-    return float(rdp_privacy_accountant.compute_epsilon(orders, rdp, delta)[0])
+            sigma, rate, s = key[1:]
+            inner = dp_event.GaussianDpEvent(sigma / s)
+            gaussian.compose(inner if rate == 1.0 else dp_event.PoissonSampledDpEvent(rate, inner), n)
+    rdp += np.asarray(gaussian._rdp, dtype=float)
+    return float(rdp_lib.compute_epsilon(orders, rdp, delta)[0])
+
+
+# --- input checks ---------------------------------------------------------------------------------
+
+def _delta(delta) -> float:
+    try:
+        return probability("delta", delta)
+    except ConfigError as error:
+        raise ConfigError(f"{error}; pass the delta of the guarantee, e.g. 1e-5 (well below 1 / records)") from None
 
 
 def _client(client) -> str:
@@ -295,8 +359,22 @@ def _client(client) -> str:
     return str(client)
 
 
-def _nonnegative(epsilon) -> float:
-    value = float(epsilon)
-    if not math.isfinite(value) or value < 0:
-        raise ConfigError(f"epsilon must be finite and >= 0, got {epsilon!r}")
+def _names(what: str, values, check, example: str) -> list:
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise ConfigError(f"{what} must be a list, e.g. {example}, got {values!r}")
+    names = [check(value) for value in values]
+    if not names or len(set(names)) != len(names):
+        raise ConfigError(f"{what} must be a non-empty list without repeats, e.g. {example}, got {values!r}")
+    return names
+
+
+def _exact_keys(what: str, mapping, expected: set) -> None:
+    if not isinstance(mapping, Mapping) or set(mapping) != expected:
+        found = sorted(mapping) if isinstance(mapping, Mapping) else type(mapping).__name__
+        raise ConfigError(f"malformed accountant state: {what} has fields {found}, expected {sorted(expected)}")
+
+
+def _listed(what: str, value) -> list:
+    if not isinstance(value, list):
+        raise ConfigError(f"malformed accountant state: {what} must be a list, got {type(value).__name__}")
     return value

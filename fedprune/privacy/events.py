@@ -21,7 +21,9 @@ UNITS: tuple[Unit, ...] = ("record", "client")
 class BernoulliPair:
     """``count`` independent coordinates, each Bernoulli(p) under one neighbour, Bernoulli(q) under the other.
 
-    Both orders are accounted for. Per-bit randomized response at eps is
+    Each coordinate may change in either direction (two neighbouring masks mix 1->0 and 0->1
+    changes), so the accountant composes a pair that dominates both orders at once (for
+    randomized response, p = 1 - q, that pair is the channel itself). Per-bit randomized response at eps is
     ``randomized_response(eps)``: p = e^eps/(1+e^eps), q = 1-p. A whole mask report under a
     Hamming bound Delta is ``count=Delta`` such coordinates. Any pure eps-DP release is
     dominated by binary randomized response at eps (Kairouz, Oh, Viswanath 2015), so a
@@ -48,16 +50,27 @@ class BernoulliPair:
 
 @dataclass(frozen=True)
 class Gaussian:
-    """Gaussian noise of std ``noise_multiplier`` x L2 sensitivity, Poisson-sampled at ``sampling_rate``, ``count`` times."""
+    """Gaussian noise of std ``noise_multiplier`` x C on a sum, Poisson-sampled at ``sampling_rate``, ``count`` times.
+
+    ``sensitivity`` is the largest L2 distance between the sums on two neighbouring (replace-one)
+    datasets, in units of C. 2, the default, when each contribution is clipped to norm C (DP-SGD,
+    Flower's DP wrappers): replacing one contribution moves the sum by up to 2C. 1 when C is the
+    replace-one distance itself (central mask votes: noise std sigma sqrt(Delta) for masks at most
+    Delta bits apart). With ``sampling_rate`` < 1 a contribution must also lie within
+    sensitivity/2 x C of zero, its absence (clipping guarantees it). The sampling must be hidden
+    from the adversary (DP-SGD's Poisson batches); never count client sampling the server can see.
+    """
 
     noise_multiplier: float
     sampling_rate: float = 1.0
     count: int = 1
+    sensitivity: float = 2.0
 
     def __post_init__(self):
         positive("noise_multiplier", self.noise_multiplier)
         probability("sampling_rate", self.sampling_rate, open_high=False)
         positive_int("count", self.count)
+        positive("sensitivity", self.sensitivity)
 
 
 @dataclass(frozen=True)

@@ -99,7 +99,7 @@ class CentralGaussian(Mechanism):
         return analytic_gaussian_epsilon(self.noise_std, self._delta(delta))
 
     def event(self):
-        return Gaussian(noise_multiplier=self.noise_multiplier)
+        return Gaussian(noise_multiplier=self.noise_multiplier, sensitivity=1.0)  # one vote flips a sum by 1 per bit
 
     def describe(self, delta=None) -> dict:
         """As for local mechanisms, with (epsilon, delta) figures when a delta is known."""
