@@ -177,6 +177,8 @@ def check_federated(config: RunConfig) -> None:
     if config.structure not in FEDERATED_STRUCTURES:
         raise ConfigError(f"structure {config.structure!r} is not supported in federated runs yet; "
                           f"use one of: {', '.join(FEDERATED_STRUCTURES)}")
+    if config.mode != "default":
+        raise ConfigError(f"mode {config.mode!r} is not available yet; use mode default")
     if config.scorer in ("l1_units", "l2_units"):
         raise ConfigError(f"scorer {config.scorer!r} scores whole units; federated runs vote on single weights: "
                           "use magnitude, random, taylor or obd")
