@@ -28,7 +28,7 @@ from flwr.simulation import run_simulation
 
 from fedprune.config import RunConfig
 from fedprune.data import make_loader
-from fedprune.local import _dataset, client_data, new_model, train_config
+from fedprune.local import run_dataset, client_data, new_model, train_config
 from fedprune.training import evaluate, train
 from simulations.run import simulate
 
@@ -58,7 +58,7 @@ def plain_train(msg: Message, context: Context) -> Message:
 def plain_fedavg(config: RunConfig) -> list[float]:
     """Seconds between consecutive end-of-round evaluations of plain FedAvg."""
     stamps: list[float] = []
-    data = _dataset(config.dataset, config.seed)
+    data = run_dataset(config.dataset, config.seed)
     test = make_loader(data.x_test, data.y_test, 512, shuffle=False)
     model = new_model(config)
     server = ServerApp()

@@ -45,13 +45,14 @@ def train_config(config: RunConfig) -> TrainConfig:
 
 
 @functools.lru_cache(maxsize=4)
-def _dataset(name: str, seed: int):
+def run_dataset(name: str, seed: int):
+    """The run's dataset, loaded once per process (clients and the server's evaluation share it)."""
     return load_dataset(name, seed=seed)
 
 
 @functools.lru_cache(maxsize=4)
 def _partitions(name: str, seed: int, method: str, num_partitions: int, alpha: float, classes: int):
-    labels = _dataset(name, seed).y_train
+    labels = run_dataset(name, seed).y_train
     return partition(labels, num_partitions, method, alpha=alpha, classes_per_partition=classes, seed=seed)
 
 
@@ -59,7 +60,7 @@ def client_data(config: RunConfig, partition_id: int, num_partitions: int) -> tu
     """This client's training examples: partition ``partition_id`` of ``num_partitions``."""
     if isinstance(partition_id, bool) or not isinstance(partition_id, int) or not 0 <= partition_id < num_partitions:
         raise ConfigError(f"partition-id must be an integer in [0, {num_partitions}), got {partition_id!r}")
-    data = _dataset(config.dataset, config.seed)
+    data = run_dataset(config.dataset, config.seed)
     parts = _partitions(config.dataset, config.seed, config.partitioner, num_partitions,
                         config.dirichlet_alpha, config.classes_per_client)
     index = parts[partition_id]
@@ -68,7 +69,7 @@ def client_data(config: RunConfig, partition_id: int, num_partitions: int) -> tu
 
 def new_model(config: RunConfig) -> nn.Module:
     """The run's model at its seeded initialisation (the same on every node)."""
-    data = _dataset(config.dataset, config.seed)
+    data = run_dataset(config.dataset, config.seed)
     return build_model(config.model, data.input_shape, data.num_classes, seed=config.seed)
 
 

@@ -24,7 +24,7 @@ from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping, 
 from fedprune.config import RunConfig
 from fedprune.coordinator import Coordinator
 from fedprune.data import make_loader
-from fedprune.local import _dataset, new_model
+from fedprune.local import run_dataset, new_model
 from fedprune.masks import prunable_parameters
 from fedprune.privacy.rng import RandomnessSource
 from fedprune.training import evaluate
@@ -63,7 +63,7 @@ class RoundLog:
     def __init__(self, config: RunConfig, coordinator: Coordinator, folder: Path, offset: int, progress):
         self.config, self.coordinator, self.folder, self.offset, self.progress = \
             config, coordinator, folder, offset, progress
-        data = _dataset(config.dataset, config.seed)
+        data = run_dataset(config.dataset, config.seed)
         self.test = make_loader(data.x_test, data.y_test, 512, shuffle=False)
         self.model = new_model(config)
         self.started = time.perf_counter()
