@@ -6,9 +6,9 @@ import argparse
 import sys
 
 from fedprune.validation import ConfigError
-from simulations import centralized, run
+from simulations import budget, centralized, run
 
-COMMANDS = {"run": run, "centralized": centralized}
+COMMANDS = {"run": run, "centralized": centralized, "budget": budget}
 
 
 def build_parser() -> argparse.ArgumentParser:
