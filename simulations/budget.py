@@ -19,7 +19,6 @@ from fedprune.privacy.planner import BudgetPlan, kept_schedule_for, plan_budget
 from fedprune.validation import ConfigError, finite, sparsity
 from simulations.reporting import markdown_table
 
-HELP = "plan a privacy budget: the per-report setting that spends it exactly, and the error it leaves"
 DEFAULT_LENGTH = 28096  # prunable weights of the default CNN1D on MNIST-1D
 
 

@@ -24,7 +24,6 @@ from fedprune.training import TrainConfig, evaluate, train
 from fedprune.validation import ConfigError, pick, positive_int, sparsity
 from simulations.reporting import markdown_table, run_dir, write_json
 
-HELP = "train dense, prune, fine-tune and report (the centralized baseline)"
 SCHEDULE_KINDS = {"oneshot": "oneshot", "geometric": "geometric"}
 
 

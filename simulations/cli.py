@@ -1,30 +1,46 @@
-"""The `fedprune` command line: one subcommand per job."""
+"""The `fedprune` command line: one subcommand per job.
+
+Subcommand modules are imported only when chosen, so ``fedprune infer`` on a device loads
+fedprune alone (no Flower, Ray or matplotlib).
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from fedprune.validation import ConfigError
-from simulations import budget, centralized, run
 
-COMMANDS = {"run": run, "centralized": centralized, "budget": budget}
+# name -> (module, help); each module has add_parser(parser) and run(args)
+COMMANDS = {
+    "run": ("simulations.run", "run a federated private pruning simulation (the main job)"),
+    "centralized": ("simulations.centralized", "train dense, prune, fine-tune and report (the centralized baseline)"),
+    "budget": ("simulations.budget", "plan a privacy budget: the per-report setting that spends it exactly, and the error it leaves"),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    """The parser; only the chosen subcommand's module is imported to describe its options."""
     parser = argparse.ArgumentParser(
         prog="fedprune", description="Federated private pruning: simulations, baselines and tools."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, module in COMMANDS.items():
-        module.add_parser(sub.add_parser(name, help=module.HELP, description=module.__doc__))
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    for name, (module, help) in COMMANDS.items():
+        child = sub.add_parser(name, help=help)
+        if name == chosen:
+            loaded = importlib.import_module(module)
+            child.description = loaded.__doc__
+            loaded.add_parser(child)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv).parse_args(argv)
     try:
-        return COMMANDS[args.command].run(args) or 0
+        return importlib.import_module(COMMANDS[args.command][0]).run(args) or 0
     except ConfigError as err:
         print(f"fedprune {args.command}: error: {err}", file=sys.stderr)
         return 2

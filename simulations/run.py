@@ -17,7 +17,6 @@ from pathlib import Path
 from fedprune.config import RunConfig
 from fedprune.validation import ConfigError
 
-HELP = "run a federated private pruning simulation (the main job)"
 SHORTCUTS = {  # option -> config key
     "rounds": "num-server-rounds", "clients": "num-clients", "dataset": "dataset", "model": "model",
     "sparsity": "target-sparsity", "method": "method", "mechanism": "mechanism",
