@@ -19,7 +19,8 @@ from fedprune.privacy.accountant import Accountant
 from fedprune.privacy.closed_form import rr_composition_epsilon
 from fedprune.privacy.mechanisms import epsilon_for_decision, make_mechanism
 from fedprune.config import RunConfig
-from fedprune.privacy.planner import kept_schedule_for, plan_budget, report_sizes
+from fedprune.privacy.plan_request import report_sizes
+from fedprune.privacy.planner import kept_schedule_for, plan_budget
 from fedprune.privacy.recovery import predicted_recovery
 from fedprune.privacy.rng import privacy_rng
 from fedprune.privacy.spec import ReportSpec
