@@ -27,7 +27,8 @@ from fedprune.privacy import events
 from fedprune.privacy.accountant import Accountant
 from fedprune.privacy.mechanisms import MaskReport
 from fedprune.privacy.rng import privacy_rng
-from fedprune.rounds import RoundPlan, check_federated, mask_events, mechanism_for, next_global_masks, plan_round
+from fedprune.rounds import (RoundPlan, check_federated, mask_events, mechanism_for, next_global_masks, plan_round,
+                             server_scores)
 from fedprune.validation import ConfigError
 
 UNITS = ("record", "client")
@@ -209,7 +210,7 @@ class Coordinator:
         if plan.prune:
             magnitudes = np.abs(flatten_weights(dense, self.masks))
             if self.config.method == "server-magnitude":
-                frequencies = magnitudes if self.config.regrowth else magnitudes[self.eligible]
+                frequencies = server_scores(self.config, magnitudes, self.masks)
             else:
                 frequencies = self.frequencies(plan, replies)
                 self.last_report_plan = plan

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fedprune import units
 from fedprune.aggregation import scatter, select_layer_masks, select_mask
 from fedprune.bits import flatten_masks, pack, unflatten_masks
 from fedprune.config import RunConfig
@@ -31,7 +32,7 @@ from fedprune.privacy.spec import ReportSpec
 from fedprune.pruning import compute_masks
 from fedprune.validation import ConfigError
 
-FEDERATED_STRUCTURES = ("unstructured",)
+FEDERATED_STRUCTURES = ("unstructured", "units")
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,10 @@ def plan_round(config: RunConfig, schedule, round: int, current_sparsity: float,
     positions = np.ones_like(eligible) if config.regrowth else eligible
     length = int(positions.sum())
     counts = layer_counts(config, shapes, target)
-    if counts is None:
+    if config.structure == "units":
+        length, kept, delta = units.plan_sizes(config.distribution, config.regrowth,
+                                               unflatten_masks(eligible, shapes), target)
+    elif counts is None:
         kept = kept_count(eligible.size, target)
         delta = min(2 * kept, 2 * (length - kept), length)
     else:
@@ -119,13 +123,17 @@ def local_mask_bits(config: RunConfig, plan: RoundPlan, params: Mapping[str, Ten
                     global_masks: Mapping[str, Tensor], *, grads=None, fisher=None,
                     generator: torch.Generator | None = None) -> np.ndarray:
     """A client's own mask at the plan's sparsity, as bools over the report's coordinates."""
-    previous = None if config.regrowth else global_masks
-    local = compute_masks(params, sparsity=plan.sparsity, scorer=config.scorer, distribution=config.distribution,
-                          structure=config.structure, previous=previous, grads=grads, fisher=fisher,
-                          generator=generator)
-    bits = flatten_masks(local)
-    if not config.regrowth:
-        bits = bits[flatten_masks(dict(global_masks))]
+    if config.structure == "units":
+        bits = units.local_unit_bits(config, plan, params, global_masks, grads=grads, fisher=fisher,
+                                     generator=generator)
+    else:
+        previous = None if config.regrowth else global_masks
+        local = compute_masks(params, sparsity=plan.sparsity, scorer=config.scorer, distribution=config.distribution,
+                              structure=config.structure, previous=previous, grads=grads, fisher=fisher,
+                              generator=generator)
+        bits = flatten_masks(local)
+        if not config.regrowth:
+            bits = bits[flatten_masks(dict(global_masks))]
     if int(bits.sum()) != plan.kept or bits.size != plan.report_length:
         raise ConfigError(f"the local mask keeps {int(bits.sum())} of {bits.size} coordinates, the plan says "
                           f"{plan.kept} of {plan.report_length}: client and server disagree on the model or settings")
@@ -149,6 +157,8 @@ def next_global_masks(config: RunConfig, plan: RoundPlan, frequencies: np.ndarra
     Ties go to the larger averaged weight; without regrowth only weights the mask still keeps
     can stay.
     """
+    if config.structure == "units":
+        return units.next_unit_masks(config, plan, frequencies, average_weights, global_masks)
     shapes = {name: tuple(mask.shape) for name, mask in global_masks.items()}
     eligible = flatten_masks(dict(global_masks))
     full = frequencies if config.regrowth else scatter(frequencies, eligible)
@@ -160,6 +170,14 @@ def next_global_masks(config: RunConfig, plan: RoundPlan, frequencies: np.ndarra
         sizes = {name: math.prod(shape) for name, shape in shapes.items()}
         flat = select_layer_masks(full, counts, sizes, tie_break=average_weights, eligible=limit)
     return unflatten_masks(flat, shapes)
+
+
+def server_scores(config: RunConfig, magnitudes: np.ndarray, global_masks: Mapping[str, Tensor]) -> np.ndarray:
+    """What ``server-magnitude`` ranks in place of vote frequencies, over the report's coordinates."""
+    if config.structure == "units":
+        scores = units.unit_scores(magnitudes, global_masks)
+        return scores if config.regrowth else scores[units.alive_units(global_masks)]
+    return magnitudes if config.regrowth else magnitudes[flatten_masks(dict(global_masks))]
 
 
 def mask_events(config: RunConfig, plan: RoundPlan) -> list[events.Event]:
@@ -179,6 +197,8 @@ def check_federated(config: RunConfig) -> None:
                           f"use one of: {', '.join(FEDERATED_STRUCTURES)}")
     if config.mode != "default":
         raise ConfigError(f"mode {config.mode!r} is not available yet; use mode default")
-    if config.scorer in ("l1_units", "l2_units"):
+    if config.structure == "units":
+        units.check_units(config.distribution)
+    elif config.scorer in ("l1_units", "l2_units"):
         raise ConfigError(f"scorer {config.scorer!r} scores whole units; federated runs vote on single weights: "
                           "use magnitude, random, taylor or obd")
