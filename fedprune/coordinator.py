@@ -74,6 +74,7 @@ class Coordinator:
         self.dropouts = 0
         self.upload_bytes: list[int] = []
         self.last_report_plan: RoundPlan | None = None
+        self.last_votes: dict | None = None  # the last vote event's inputs, for votes.npz (fedprune.privacy.replay)
 
     # --- what a round asks ------------------------------------------------------------------
 
@@ -214,6 +215,8 @@ class Coordinator:
             else:
                 frequencies = self.frequencies(plan, replies)
                 self.last_report_plan = plan
+                self.last_votes = dict(plan=plan, clients=len(replies), frequencies=frequencies, tie_break=magnitudes,
+                                       eligible=self.eligible)
             self.masks = next_global_masks(self.config, plan, frequencies, magnitudes, self.masks)
             self.sparsity = plan.sparsity
         return self.compact(dense)

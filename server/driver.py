@@ -26,6 +26,7 @@ from fedprune.coordinator import Coordinator
 from fedprune.data import make_loader
 from fedprune.local import run_dataset, new_model
 from fedprune.masks import prunable_parameters
+from fedprune.privacy import replay
 from fedprune.privacy.rng import RandomnessSource
 from fedprune.training import evaluate
 from server import checkpoint, report
@@ -85,6 +86,9 @@ class RoundLog:
                 "seconds": time.perf_counter() - self.started}
         with open(self.folder / METRICS_FILE, "a") as file:
             file.write(json.dumps(line) + "\n")
+        votes = self.coordinator.last_votes  # before the checkpoint: a resumed run rewrites the same event
+        if server_round > 0 and votes is not None and votes["plan"].round == round:
+            replay.record_event(self.folder, votes, self.coordinator.eligible, exact=not self.config.private_votes)
         if server_round > 0:
             checkpoint.save(self.folder, round, weights, self.coordinator.state_dict())
         self.last = line
@@ -110,6 +114,7 @@ def run_federation(grid: Grid, config: RunConfig, progress=print) -> dict:
         progress(f"resuming {folder} after round {offset}")
     else:
         (folder / METRICS_FILE).unlink(missing_ok=True)
+        (folder / replay.VOTES_FILE).unlink(missing_ok=True)
     (folder / "config.json").write_text(json.dumps(config.to_mapping(), indent=2) + "\n")
 
     log = RoundLog(config, coordinator, folder, offset, progress)

@@ -5,6 +5,10 @@ events and rounds, the mechanism and the weight channel; the planner searches th
 same privacy ledger a run keeps and predicts the error of the server's keep-frequency estimates
 and how much of the true top-k it recovers. Where the error drowns the signal it says so and
 shows what would help. A table for people; ``--json`` for machines.
+
+``--predict RUN_DIR`` instead replays the votes a run with exact votes recorded through the
+mechanism at given per-decision epsilons, and predicts how much of the non-private global mask
+the server recovers (``simulations.predict``).
 """
 
 from __future__ import annotations
@@ -17,23 +21,32 @@ from fedprune.masks import kept_count
 from fedprune.privacy.mechanisms import DESCRIPTIONS
 from fedprune.privacy.planner import BudgetPlan, kept_schedule_for, plan_budget
 from fedprune.validation import ConfigError, finite, sparsity
+from simulations import predict
 from simulations.reporting import markdown_table
 
 DEFAULT_LENGTH = 28096  # prunable weights of the default CNN1D on MNIST-1D
+PLAN_ONLY = {"epsilon": None, "sparsity": None, "sparsities": None, "regrowth": False, "pruning_events": None,
+             "rounds": None, "weight_noise": "clear", "frequency": None, "agreement": 0.8, "coarse_length": None,
+             "no_suggestions": False, "delta": 1e-5, "unit": "client"}  # option -> its default
+PREDICT_ONLY = {"epsilon_per_decision": None, "event": 1, "kept_fraction": None, "trials": 0, "measured": None,
+                "replay_seed": 0}
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--epsilon", type=float, required=True, help="total epsilon of the run")
+    parser.add_argument("--epsilon", type=float, default=None, help="total epsilon of the run (required to plan)")
     parser.add_argument("--delta", type=float, default=1e-5, help="delta of the guarantee (default 1e-5)")
     parser.add_argument("--unit", default="client", help="client | record (default client)")
-    parser.add_argument("--mechanism", default="randomized-response",
-                        help="; ".join(f"{name}: {text}" for name, text in DESCRIPTIONS.items()))
-    parser.add_argument("--length", type=int, default=DEFAULT_LENGTH,
-                        help=f"d, weights a mask report covers (default {DEFAULT_LENGTH}, the default CNN1D)")
+    parser.add_argument("--mechanism", default=None,
+                        help="default randomized-response (--predict: the recorded run's; a comma list); "
+                             + "; ".join(f"{name}: {text}" for name, text in DESCRIPTIONS.items()))
+    parser.add_argument("--length", type=int, default=None,
+                        help=f"d, weights a mask report covers (default {DEFAULT_LENGTH}, the default CNN1D; "
+                             "--predict: the recorded report's)")
     kept = parser.add_mutually_exclusive_group()
     kept.add_argument("--kept", type=int, default=None, help="k, weights each mask keeps")
     kept.add_argument("--sparsity", type=float, default=None, help="fraction pruned instead of --kept (default 0.9)")
-    parser.add_argument("--clients", type=int, default=10, help="clients reporting per round (default 10)")
+    parser.add_argument("--clients", type=int, default=None,
+                        help="clients reporting per round (default 10; --predict: the recorded run's)")
     parser.add_argument("--pruning-events", type=int, default=None,
                         help="rounds with mask reports, each on all d weights keeping k (default 1)")
     parser.add_argument("--sparsities", default=None,
@@ -53,9 +66,20 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
                         help="units (channels, blocks) for the coarser-mask suggestion (default d/64)")
     parser.add_argument("--no-suggestions", action="store_true", help="skip planning the alternatives")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+    predict.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.predict:
+        _refuse(args, PLAN_ONLY, "--predict replays recorded votes")
+        return predict.run(args)
+    _refuse(args, PREDICT_ONLY, "planning a budget (without --predict)")
+    if args.epsilon is None:
+        raise ConfigError("--epsilon (the run's total budget) is required to plan one; or predict the recovery "
+                          "of a recorded run with --predict RUN_DIR")
+    args.mechanism = args.mechanism or "randomized-response"
+    args.length = DEFAULT_LENGTH if args.length is None else args.length
+    args.clients = 10 if args.clients is None else args.clients
     schedule = _schedule(args)
     kept = schedule[-1] if schedule else _kept(args)
     plan = plan_budget(args.epsilon, args.delta, length=args.length, kept=kept, clients=args.clients,
@@ -66,6 +90,13 @@ def run(args: argparse.Namespace) -> int:
                        suggest=not args.no_suggestions)
     print(json.dumps(plan.to_dict(), indent=2) if args.json else format_plan(plan))
     return 0
+
+
+def _refuse(args, options: dict, mode: str) -> None:
+    given = [option for option, default in options.items() if getattr(args, option) != default]
+    if given:
+        names = ", ".join("--" + option.replace("_", "-") for option in given)
+        raise ConfigError(f"{names} do(es) not apply when {mode}; drop them")
 
 
 def format_plan(plan: BudgetPlan) -> str:

@@ -17,6 +17,7 @@ COMMANDS = {
     "run": ("simulations.run", "run a federated private pruning simulation (the main job)"),
     "centralized": ("simulations.centralized", "train dense, prune, fine-tune and report (the centralized baseline)"),
     "budget": ("simulations.budget", "plan a privacy budget: the per-report setting that spends it exactly, and the error it leaves"),
+    "sweep": ("simulations.sweep", "run a grid of simulations and draw the privacy-utility frontier"),
 }
 
 

@@ -59,8 +59,11 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     return RunConfig.from_mapping(settings)
 
 
-def simulate(config: RunConfig, progress=print) -> dict:
-    """Run ``config`` on Flower's simulation engine (one virtual SuperNode per client)."""
+def simulate(config: RunConfig, progress=print, num_cpus: int | None = None) -> dict:
+    """Run ``config`` on Flower's simulation engine (one virtual SuperNode per client).
+
+    ``num_cpus``: CPUs Ray may use (default all), so clients train one per CPU.
+    """
     from fedprune.rounds import check_federated
 
     check_federated(config)
@@ -81,7 +84,7 @@ def simulate(config: RunConfig, progress=print) -> dict:
     run_simulation(
         server_app=server_app, client_app=clients.app.app, num_supernodes=config.num_clients,
         backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                        "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False}},
+                        "init_args": {"num_cpus": num_cpus or os.cpu_count() or 1, "include_dashboard": False}},
     )
     if "summary" not in outcome:
         raise RuntimeError("the simulation ended without a result; see the log above for the ServerApp's error")
