@@ -18,6 +18,9 @@ COMMANDS = {
     "centralized": ("simulations.centralized", "train dense, prune, fine-tune and report (the centralized baseline)"),
     "budget": ("simulations.budget", "plan a privacy budget: the per-report setting that spends it exactly, and the error it leaves"),
     "sweep": ("simulations.sweep", "run a grid of simulations and draw the privacy-utility frontier"),
+    "export": ("simulations.export", "write a run's pruned model to one .fpm file: compressed weights, kernel paths, privacy report"),
+    "infer": ("simulations.infer", "predictions and latency of an exported .fpm model, with fedprune alone"),
+    "bench": ("simulations.bench", "measure kernels: dense, torch CSR and the chosen sparse path side by side"),
 }
 
 

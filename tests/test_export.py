@@ -1,0 +1,196 @@
+"""The .fpm file: size against dense, encodings, refusal of damaged files, export of a run folder and of a model."""
+
+import json
+import struct
+
+import pytest
+import torch
+from torch import nn
+
+from fedprune import fpm
+from fedprune.export import export_model
+from fedprune.footprint import dense_bytes
+from fedprune.masks import apply_masks, prunable_parameters
+from fedprune.models import build_model
+from fedprune.pruning import compute_masks
+from fedprune.runtime import load
+from fedprune.validation import ConfigError
+
+
+def pruned(*args, sparsity=0.9, **options):
+    model = build_model(*args, **options)
+    masks = compute_masks({n: p.detach() for n, p in prunable_parameters(model).items()}, sparsity=sparsity)
+    apply_masks(model, masks)
+    return model.eval(), masks
+
+
+@pytest.fixture(scope="module")
+def small_file(tmp_path_factory):
+    model, masks = pruned("cnn1d", (1, 40), 10, channels=8)
+    path = tmp_path_factory.mktemp("fpm") / "m.fpm"
+    export_model(model, masks, path, metadata={"accuracy": 0.5}, calibrate=False)
+    return path
+
+
+# --- size --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args, options", [(("cnn1d", (1, 40), 10), {}),
+                                           (("mlp", (1024,), 10), {"hidden": (1024, 1024, 1024)})])
+def test_file_at_90_percent_sparsity_is_at_most_015_of_dense(tmp_path, args, options):
+    model, masks = pruned(*args, **options)
+    privacy = {"epsilon": {"record": None, "client": None}, "delta": 1e-5,
+               "mask_channel_epsilon": {"record": 6833.5, "client": 6833.5},
+               "mechanism": {"name": "randomized-response", "epsilon_per_decision": 2.0}}
+    result = export_model(model, masks, tmp_path / "m.fpm", metadata={"accuracy": 0.9, "privacy": privacy},
+                          calibrate=False)
+    assert result["bytes"] == (tmp_path / "m.fpm").stat().st_size
+    assert result["bytes"] <= 0.15 * dense_bytes(model)
+
+
+def test_masks_choose_the_smaller_encoding_and_come_back_exactly(tmp_path):
+    model = build_model("mlp", (64,), 10, hidden=(256,))
+    masks = {"features.0.weight": torch.rand(256, 64, generator=torch.Generator().manual_seed(0)) < 0.005,
+             "head.weight": torch.rand(10, 256, generator=torch.Generator().manual_seed(1)) < 0.5}
+    with torch.no_grad():
+        model.head.weight[0, masks["head.weight"][0]] = 0.0  # kept weights that happen to be zero stay kept
+    export_model(model, masks, tmp_path / "m.fpm", calibrate=False)
+    header, _ = fpm.read(tmp_path / "m.fpm")
+    encodings = {name: entry["encoding"] for name, entry in header["tensors"].items()}
+    assert encodings == {"features.0.weight": "indices", "features.0.bias": "dense", "head.weight": "bitmap",
+                         "head.bias": "dense"}
+    runtime = load(tmp_path / "m.fpm")
+    assert set(runtime.masks) == set(masks) and all(torch.equal(runtime.masks[n], m) for n, m in masks.items())
+    apply_masks(model, masks)
+    assert all(torch.equal(runtime.state[n], v) for n, v in model.state_dict().items())
+
+
+def test_header_holds_architecture_metadata_and_no_pickle(small_file):
+    header, arrays = fpm.read(small_file)
+    assert header["spec"] == {"name": "cnn1d", "input_shape": [1, 40], "num_classes": 10, "channels": 8,
+                              "kernel_sizes": [5, 3, 3]}
+    assert header["metadata"]["accuracy"] == 0.5 and header["metadata"]["density"] == pytest.approx(0.1, abs=1e-3)
+    assert all(a.dtype.name in fpm.DTYPES for a in arrays)
+    assert b"pickle" not in small_file.read_bytes() and small_file.read_bytes()[:4] == b"FPM1"
+
+
+# --- damaged files -----------------------------------------------------------------------------
+
+def rewrite(path, target, change):
+    data = bytearray(path.read_bytes())
+    change(data)
+    target.write_bytes(bytes(data))
+    return target
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d.__setitem__(len(d) - 100, d[len(d) - 100] ^ 0xFF), "checksum"),
+    (lambda d: d.__delitem__(slice(len(d) - 500, None)), "truncated"),
+    (lambda d: d.__delitem__(slice(10, None)), "truncated"),
+    (lambda d: d.__setitem__(slice(0, 4), b"PK\x03\x04"), "not a fedprune model file"),
+    (lambda d: d.extend(b"\0" * 8), "after the end"),
+])
+def test_damaged_files_are_refused_naming_problem_and_fix(small_file, tmp_path, change, message):
+    with pytest.raises(ConfigError, match=message) as error:
+        load(rewrite(small_file, tmp_path / "bad.fpm", change))
+    assert "`fedprune export`" in str(error.value)  # the fix
+
+
+def test_newer_format_version_is_refused_even_with_a_valid_checksum(small_file, tmp_path):
+    import hashlib
+
+    def newer(data):
+        data[4:8] = struct.pack("<I", fpm.VERSION + 1)
+        data[-32:] = hashlib.sha256(bytes(data[:-32])).digest()
+    with pytest.raises(ConfigError, match=r"version 2, newer.*upgrade fedprune"):
+        load(rewrite(small_file, tmp_path / "new.fpm", newer))
+
+
+def test_missing_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read model file"):
+        load(tmp_path / "absent.fpm")
+
+
+# --- the export API ----------------------------------------------------------------------------
+
+def test_export_refuses_bad_masks_and_foreign_models_before_writing(tmp_path):
+    model, masks = pruned("mlp", (16,), 3, hidden=(8,))
+    bad = [({"nope.weight": torch.ones(3, 8, dtype=torch.bool)}, "names no tensor"),
+           ({"head.weight": torch.ones(3, 8)}, "must be bool"),
+           ({"head.weight": torch.ones(8, 3, dtype=torch.bool)}, "has shape")]
+    for wrong, message in bad:
+        with pytest.raises(ConfigError, match=message):
+            export_model(model, wrong, tmp_path / "m.fpm", calibrate=False)
+    with pytest.raises(ConfigError, match="reference models"):
+        export_model(nn.Sequential(nn.Linear(4, 2)), None, tmp_path / "m.fpm", calibrate=False)
+    with pytest.raises(ConfigError, match="batch sizes"):
+        export_model(model, masks, tmp_path / "m.fpm", batch_sizes=(0,))
+    assert not (tmp_path / "m.fpm").exists()
+
+
+def test_unmasked_weights_at_pruned_positions_are_zeroed_on_export(tmp_path):
+    model, masks = pruned("mlp", (16,), 3, hidden=(8,))
+    with torch.no_grad():
+        model.head.weight.fill_(1.0)  # the module no longer respects its mask
+    export_model(model, masks, tmp_path / "m.fpm", calibrate=False)
+    apply_masks(model, masks)
+    x = torch.randn(5, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(load(tmp_path / "m.fpm")(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+# --- a run folder ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory):
+    """What `fedprune run` leaves (config.json, summary.json, checkpoint.npz), written without a simulation."""
+    from fedprune.config import RunConfig
+    from fedprune.coordinator import Coordinator
+    from fedprune.local import new_model
+    from fedprune.privacy.rng import RandomnessSource
+    from server import checkpoint, report
+
+    folder = tmp_path_factory.mktemp("runs") / "run-a"
+    folder.mkdir()
+    config = RunConfig(dataset="digits", model="cnn2d", num_server_rounds=2, num_clients=2, schedule="oneshot",
+                       prune_start=1, prune_end=2, privacy_seed=0, run_name="run-a", output_dir=str(folder.parent))
+    model = new_model(config)
+    state = {n: v.detach().numpy() for n, v in model.state_dict().items()}
+    coordinator = Coordinator(config, {n: v.shape for n, v in state.items()}, list(prunable_parameters(model)))
+    coordinator.record(coordinator.plan(1), ["0", "1"], valid=2, sampled=2)
+    coordinator.masks = compute_masks({n: p.detach() for n, p in prunable_parameters(model).items()}, sparsity=0.9)
+    coordinator.sparsity = 0.9
+    checkpoint.save(folder, 2, coordinator.compact(state), coordinator.state_dict())
+    (folder / "config.json").write_text(json.dumps(config.to_mapping()))
+    summary = report.summary(config, coordinator, [{"round": 2, "accuracy": 0.42, "upload_bytes": [1]}], 1.0, None,
+                             None, RandomnessSource.from_seed(0))
+    (folder / "summary.json").write_text(json.dumps(summary))
+    apply_masks(model, coordinator.masks)
+    return folder, model.eval(), summary
+
+
+def test_export_of_a_run_carries_accuracy_density_and_privacy_report(run_folder, tmp_path, capsys):
+    from simulations.cli import main
+
+    folder, model, summary = run_folder
+    assert main(["export", str(folder), "-o", str(tmp_path / "run.fpm"), "--no-calibrate"]) == 0
+    printed = capsys.readouterr().out
+    assert "of the dense float32 state_dict" in printed and "mask channel: record 6834" in printed
+    runtime = load(tmp_path / "run.fpm")
+    meta = runtime.metadata
+    assert meta["accuracy"] == 0.42 and meta["density"] == pytest.approx(summary["density"])
+    assert meta["privacy"]["epsilon"] == summary["epsilon"] == {"record": None, "client": None}
+    assert meta["privacy"]["mask_channel_epsilon"] == summary["mask_channel_epsilon"]
+    assert meta["privacy"]["mechanism"] == summary["mechanism"] and meta["privacy"]["delta"] == 1e-5
+    assert meta["source"] == {"kind": "fedprune run", "run": "run-a", "round": 2}
+    x = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(runtime(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_export_refuses_a_folder_that_is_not_a_finished_run(tmp_path, run_folder):
+    from simulations.export import export_run
+
+    with pytest.raises(ConfigError, match="no config.json"):
+        export_run(tmp_path, tmp_path / "m.fpm")
+    with pytest.raises(ConfigError, match="not a folder"):
+        export_run(tmp_path / "absent", tmp_path / "m.fpm")
