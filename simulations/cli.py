@@ -21,6 +21,7 @@ COMMANDS = {
     "export": ("simulations.export", "write a run's pruned model to one .fpm file: compressed weights, kernel paths, privacy report"),
     "infer": ("simulations.infer", "predictions and latency of an exported .fpm model, with fedprune alone"),
     "bench": ("simulations.bench", "measure kernels: dense, torch CSR and the chosen sparse path side by side"),
+    "analyze": ("simulations.analyze", "per-class and per-client accuracy gaps and the Lipschitz bound of runs' final models"),
 }
 
 

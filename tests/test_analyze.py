@@ -1,0 +1,91 @@
+"""`fedprune analyze`: group gaps and the Lipschitz bound of a run folder's final model, written beside it."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fedprune.analysis import lipschitz_bound
+from fedprune.masks import apply_masks, density, prunable_parameters
+from fedprune.pruning import compute_masks
+from fedprune.validation import ConfigError
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory):
+    """What `fedprune run` leaves (config.json, summary.json, checkpoint.npz), written without a simulation."""
+    from fedprune.config import RunConfig
+    from fedprune.coordinator import Coordinator
+    from fedprune.local import new_model
+    from fedprune.privacy.rng import RandomnessSource
+    from server import checkpoint, report
+
+    folder = tmp_path_factory.mktemp("runs") / "run-a"
+    folder.mkdir()
+    config = RunConfig(dataset="digits", model="cnn2d", num_server_rounds=2, num_clients=3, schedule="oneshot",
+                       prune_start=1, prune_end=2, privacy_seed=0, run_name="run-a", output_dir=str(folder.parent))
+    model = new_model(config)
+    state = {n: v.detach().numpy() for n, v in model.state_dict().items()}
+    coordinator = Coordinator(config, {n: v.shape for n, v in state.items()}, list(prunable_parameters(model)))
+    coordinator.record(coordinator.plan(1), ["0", "1", "2"], valid=3, sampled=3)
+    coordinator.masks = compute_masks({n: p.detach() for n, p in prunable_parameters(model).items()}, sparsity=0.8)
+    coordinator.sparsity = 0.8
+    checkpoint.save(folder, 2, coordinator.compact(state), coordinator.state_dict())
+    (folder / "config.json").write_text(json.dumps(config.to_mapping()))
+    summary = report.summary(config, coordinator, [{"round": 2, "accuracy": 0.1, "upload_bytes": [1]}], 1.0, None,
+                             None, RandomnessSource.from_seed(0))
+    (folder / "summary.json").write_text(json.dumps(summary))
+    apply_masks(model, coordinator.masks)
+    return folder, config, model.eval(), coordinator.masks
+
+
+def test_analyze_writes_gaps_lipschitz_and_density_of_the_final_model(run_folder, capsys):
+    from fedprune.analysis import predictions
+    from fedprune.local import client_data, run_dataset
+    from simulations.cli import main
+
+    folder, config, model, masks = run_folder
+    assert main(["analyze", str(folder)]) == 0
+    assert str(folder) in capsys.readouterr().out
+    result = json.loads((folder / "analysis.json").read_text())
+    data = run_dataset("digits", config.seed)
+    predicted = predictions(model, data.x_test)
+    expected = [float(np.mean(predicted[data.y_test == c] == c)) for c in range(10)]
+    assert result["per_class"] == pytest.approx(expected)
+    assert result["class_gap"] == pytest.approx(max(expected) - min(expected))
+    assert result["accuracy"] == pytest.approx(float(np.mean(predicted == data.y_test)))
+    assert set(result["per_client"]) == {"0", "1", "2"}
+    for name, accuracy in result["per_client"].items():  # each client's own share, rebuilt from the config
+        x, y = client_data(config, int(name), 3)
+        assert result["client_examples"][name] == len(y)
+        assert accuracy == pytest.approx(float(np.mean(predictions(model, x) == y)))
+    values = list(result["per_client"].values())
+    assert result["client_gap"] == pytest.approx(max(values) - min(values))
+    for name in result["per_client"]:  # the client's label mix applied to the per-class test accuracy
+        counts = np.bincount(client_data(config, int(name), 3)[1], minlength=10)
+        present = counts > 0
+        mix = float(np.dot(counts[present], np.array(expected)[present]) / counts[present].sum())
+        assert result["per_client_label_mix"][name] == pytest.approx(mix)
+    assert result["density"] == pytest.approx(density(masks)) and result["density"] == pytest.approx(0.2, abs=0.01)
+    assert result["lipschitz_bound"] == pytest.approx(lipschitz_bound(model, (1, 8, 8)))
+    assert result["round"] == 2 and result["method"] == "votes"
+
+
+def test_a_folder_that_is_not_a_finished_run_is_refused(tmp_path):
+    from simulations.analyze import analyze_run
+
+    with pytest.raises(ConfigError, match="not a folder"):
+        analyze_run(tmp_path / "absent")
+    with pytest.raises(ConfigError, match="no config.json"):
+        analyze_run(tmp_path)
+    assert not (tmp_path / "analysis.json").exists()
+
+
+def test_model_weights_come_from_the_checkpoint(run_folder):
+    from simulations.run_files import load_run
+
+    folder, _, model, masks = run_folder
+    loaded = load_run(folder)
+    assert loaded.round == 2 and set(loaded.masks) == set(masks)
+    assert all(torch.equal(loaded.model.state_dict()[n], v) for n, v in model.state_dict().items())
