@@ -56,14 +56,19 @@ def latency_seconds(
     torch.set_num_threads(threads)
     try:
         model.eval()
-        inputs = torch.zeros((batch_size, *input_shape))
-        for _ in range(3):
-            model(inputs)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(inputs)
-            times.append(time.perf_counter() - start)
-        return statistics.median(times)
+        return median_seconds(model, torch.zeros((batch_size, *input_shape)), repeats)
     finally:
         torch.set_num_threads(previous)
+
+
+@torch.no_grad()
+def median_seconds(forward, inputs, repeats: int, warmup: int = 3) -> float:
+    """Median wall time of ``forward(inputs)`` over ``repeats`` calls, after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        forward(inputs)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        forward(inputs)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)

@@ -11,8 +11,6 @@ and fedprune only: this is what a device runs.
 from __future__ import annotations
 
 import math
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +19,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from fedprune import fpm, kernels, shrink
+from fedprune.footprint import median_seconds
 from fedprune.models import build_model
 from fedprune.validation import ConfigError
 
@@ -81,14 +80,7 @@ class RuntimeModel:
         else:
             batch = torch.as_tensor(np.asarray(inputs, dtype=np.float32))
             batch = batch.repeat(math.ceil(batch_size / len(batch)), *[1] * (batch.dim() - 1))[:batch_size]
-        for _ in range(3):
-            self(batch)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            self(batch)
-            times.append(time.perf_counter() - start)
-        return statistics.median(times)
+        return median_seconds(self, batch, repeats)
 
     def path_for(self, layer: dict, batch_size: int) -> str:
         """The recorded path of a linear layer at ``batch_size`` (nearest calibrated batch size)."""

@@ -7,37 +7,16 @@ import pytest
 import torch
 
 from fedprune.analysis import lipschitz_bound
-from fedprune.masks import apply_masks, density, prunable_parameters
-from fedprune.pruning import compute_masks
+from fedprune.masks import density
 from fedprune.validation import ConfigError
+from tests.run_folders import write_run_folder
 
 
 @pytest.fixture(scope="module")
 def run_folder(tmp_path_factory):
-    """What `fedprune run` leaves (config.json, summary.json, checkpoint.npz), written without a simulation."""
-    from fedprune.config import RunConfig
-    from fedprune.coordinator import Coordinator
-    from fedprune.local import new_model
-    from fedprune.privacy.rng import RandomnessSource
-    from server import checkpoint, report
-
     folder = tmp_path_factory.mktemp("runs") / "run-a"
-    folder.mkdir()
-    config = RunConfig(dataset="digits", model="cnn2d", num_server_rounds=2, num_clients=3, schedule="oneshot",
-                       prune_start=1, prune_end=2, privacy_seed=0, run_name="run-a", output_dir=str(folder.parent))
-    model = new_model(config)
-    state = {n: v.detach().numpy() for n, v in model.state_dict().items()}
-    coordinator = Coordinator(config, {n: v.shape for n, v in state.items()}, list(prunable_parameters(model)))
-    coordinator.record(coordinator.plan(1), ["0", "1", "2"], valid=3, sampled=3)
-    coordinator.masks = compute_masks({n: p.detach() for n, p in prunable_parameters(model).items()}, sparsity=0.8)
-    coordinator.sparsity = 0.8
-    checkpoint.save(folder, 2, coordinator.compact(state), coordinator.state_dict())
-    (folder / "config.json").write_text(json.dumps(config.to_mapping()))
-    summary = report.summary(config, coordinator, [{"round": 2, "accuracy": 0.1, "upload_bytes": [1]}], 1.0, None,
-                             None, RandomnessSource.from_seed(0))
-    (folder / "summary.json").write_text(json.dumps(summary))
-    apply_masks(model, coordinator.masks)
-    return folder, config, model.eval(), coordinator.masks
+    config, model, masks, _ = write_run_folder(folder, clients=3, sparsity=0.8, accuracy=0.1)
+    return folder, config, model, masks
 
 
 def test_analyze_writes_gaps_lipschitz_and_density_of_the_final_model(run_folder, capsys):

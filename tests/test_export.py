@@ -1,6 +1,5 @@
 """The .fpm file: size against dense, encodings, refusal of damaged files, export of a run folder and of a model."""
 
-import json
 import struct
 
 import pytest
@@ -15,6 +14,7 @@ from fedprune.models import build_model
 from fedprune.pruning import compute_masks
 from fedprune.runtime import load
 from fedprune.validation import ConfigError
+from tests.run_folders import write_run_folder
 
 
 def pruned(*args, sparsity=0.9, **options):
@@ -142,30 +142,9 @@ def test_unmasked_weights_at_pruned_positions_are_zeroed_on_export(tmp_path):
 
 @pytest.fixture(scope="module")
 def run_folder(tmp_path_factory):
-    """What `fedprune run` leaves (config.json, summary.json, checkpoint.npz), written without a simulation."""
-    from fedprune.config import RunConfig
-    from fedprune.coordinator import Coordinator
-    from fedprune.local import new_model
-    from fedprune.privacy.rng import RandomnessSource
-    from server import checkpoint, report
-
     folder = tmp_path_factory.mktemp("runs") / "run-a"
-    folder.mkdir()
-    config = RunConfig(dataset="digits", model="cnn2d", num_server_rounds=2, num_clients=2, schedule="oneshot",
-                       prune_start=1, prune_end=2, privacy_seed=0, run_name="run-a", output_dir=str(folder.parent))
-    model = new_model(config)
-    state = {n: v.detach().numpy() for n, v in model.state_dict().items()}
-    coordinator = Coordinator(config, {n: v.shape for n, v in state.items()}, list(prunable_parameters(model)))
-    coordinator.record(coordinator.plan(1), ["0", "1"], valid=2, sampled=2)
-    coordinator.masks = compute_masks({n: p.detach() for n, p in prunable_parameters(model).items()}, sparsity=0.9)
-    coordinator.sparsity = 0.9
-    checkpoint.save(folder, 2, coordinator.compact(state), coordinator.state_dict())
-    (folder / "config.json").write_text(json.dumps(config.to_mapping()))
-    summary = report.summary(config, coordinator, [{"round": 2, "accuracy": 0.42, "upload_bytes": [1]}], 1.0, None,
-                             None, RandomnessSource.from_seed(0))
-    (folder / "summary.json").write_text(json.dumps(summary))
-    apply_masks(model, coordinator.masks)
-    return folder, model.eval(), summary
+    _, model, _, summary = write_run_folder(folder, clients=2, sparsity=0.9, accuracy=0.42)
+    return folder, model, summary
 
 
 def test_export_of_a_run_carries_accuracy_density_and_privacy_report(run_folder, tmp_path, capsys):

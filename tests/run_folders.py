@@ -1,0 +1,37 @@
+"""A run folder as `fedprune run` leaves it (config.json, summary.json, checkpoint.npz), without a simulation."""
+
+import json
+
+from fedprune.config import RunConfig
+from fedprune.coordinator import Coordinator
+from fedprune.local import new_model
+from fedprune.masks import apply_masks, prunable_parameters
+from fedprune.privacy.rng import RandomnessSource
+from fedprune.pruning import compute_masks
+from server import checkpoint, report
+
+
+def write_run_folder(folder, *, clients: int, sparsity: float, accuracy: float):
+    """A 2-round digits/cnn2d run pruned to ``sparsity`` by magnitude, one mask report per client.
+
+    Returns (config, masked model in eval mode, masks, summary).
+    """
+    folder.mkdir(parents=True)
+    config = RunConfig(dataset="digits", model="cnn2d", num_server_rounds=2, num_clients=clients, schedule="oneshot",
+                       prune_start=1, prune_end=2, privacy_seed=0, run_name=folder.name,
+                       output_dir=str(folder.parent))
+    model = new_model(config)
+    state = {n: v.detach().numpy() for n, v in model.state_dict().items()}
+    coordinator = Coordinator(config, {n: v.shape for n, v in state.items()}, list(prunable_parameters(model)))
+    names = [str(c) for c in range(clients)]
+    coordinator.record(coordinator.plan(1), names, valid=clients, sampled=clients)
+    coordinator.masks = compute_masks({n: p.detach() for n, p in prunable_parameters(model).items()},
+                                      sparsity=sparsity)
+    coordinator.sparsity = sparsity
+    checkpoint.save(folder, 2, coordinator.compact(state), coordinator.state_dict())
+    (folder / "config.json").write_text(json.dumps(config.to_mapping()))
+    summary = report.summary(config, coordinator, [{"round": 2, "accuracy": accuracy, "upload_bytes": [1]}], 1.0,
+                             None, None, RandomnessSource.from_seed(0))
+    (folder / "summary.json").write_text(json.dumps(summary))
+    apply_masks(model, coordinator.masks)
+    return config, model.eval(), coordinator.masks, summary
