@@ -21,6 +21,7 @@ from fedprune.bits import unflatten_masks, unpack
 from fedprune.config import RunConfig
 from fedprune.dpsgd import DPSGD
 from fedprune.local import client_data, client_round, new_model
+from fedprune.mask_only import client_round_mask_only
 from fedprune.masks import parameter_shapes, prunable_parameters
 from fedprune.privacy.rng import privacy_rng
 from fedprune.rounds import RoundPlan
@@ -67,8 +68,12 @@ def _train(msg: Message, context: Context) -> Message:
     noise = privacy_rng(config.privacy_seed if config.privacy_seeded else None, stream=(plan.round, client))
     dp = _load_dpsgd(config, context)
     steps_before = dp.steps if dp else 0
-    result = client_round(config, plan, model, weights, masks, examples, client=client,
-                          generator=generator, privacy_rng=noise, dp=dp)
+    if config.mode == "mask-only":  # the arrays are keep-probabilities; the reply is one mask sample, no weights
+        result = client_round_mask_only(config, plan, weights, examples, client=client, generator=generator,
+                                        privacy_rng=noise)
+    else:
+        result = client_round(config, plan, model, weights, masks, examples, client=client,
+                              generator=generator, privacy_rng=noise, dp=dp)
 
     metrics = dict(result.metrics)
     if dp is not None:

@@ -33,6 +33,9 @@ from fedprune.pruning import compute_masks
 from fedprune.validation import ConfigError
 
 FEDERATED_STRUCTURES = ("unstructured", "units")
+# Mask-only mode (fedprune.mask_only) has one mechanism, weight-level masks, no weight channel or dense baseline.
+MASK_ONLY_REQUIRES = {"method": "votes", "mechanism": "randomized-response", "weight_channel": "clear",
+                      "structure": "unstructured", "dense_baseline": False}
 
 
 @dataclass(frozen=True)
@@ -195,8 +198,16 @@ def check_federated(config: RunConfig) -> None:
     if config.structure not in FEDERATED_STRUCTURES:
         raise ConfigError(f"structure {config.structure!r} is not supported in federated runs yet; "
                           f"use one of: {', '.join(FEDERATED_STRUCTURES)}")
-    if config.mode != "default":
-        raise ConfigError(f"mode {config.mode!r} is not available yet; use mode default")
+    if config.mode == "mask-only":
+        for name, value in MASK_ONLY_REQUIRES.items():
+            if getattr(config, name) != value:
+                key = name.replace("_", "-")
+                raise ConfigError(f"mode mask-only sends one clipped Bernoulli mask sample per round and nothing else "
+                                  f"(randomized response per weight): {key} must be {value!r}, got "
+                                  f"{getattr(config, name)!r}; leave {key} at its default or use mode default")
+        if config.target_sparsity <= 0:
+            raise ConfigError("mode mask-only learns which weights to keep: target-sparsity must be > 0 (its default "
+                              "is 0.5)")
     if config.structure == "units":
         units.check_units(config.distribution)
     elif config.scorer in ("l1_units", "l2_units"):

@@ -14,7 +14,6 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from flwr.serverapp import Grid
 from flwr.serverapp.exception import AggregationError, PrivacyBudgetExhausted
@@ -25,6 +24,7 @@ from fedprune.config import RunConfig
 from fedprune.coordinator import Coordinator
 from fedprune.data import make_loader
 from fedprune.local import run_dataset, new_model
+from fedprune.mask_only import MaskOnlyCoordinator
 from fedprune.masks import prunable_parameters
 from fedprune.privacy import replay
 from fedprune.privacy.rng import RandomnessSource
@@ -105,7 +105,8 @@ def run_federation(grid: Grid, config: RunConfig, progress=print) -> dict:
     model = new_model(config)
     state = {name: value.detach().numpy() for name, value in model.state_dict().items()}
     shapes = {name: value.shape for name, value in state.items()}
-    coordinator = Coordinator(config, shapes, list(prunable_parameters(model)))
+    kind = MaskOnlyCoordinator if config.mode == "mask-only" else Coordinator
+    coordinator = kind(config, shapes, list(prunable_parameters(model)))
     offset, weights = 0, coordinator.compact(state)
     if config.resume and (folder / checkpoint.FILE).exists():
         offset, weights, saved = checkpoint.load(folder)

@@ -17,7 +17,8 @@ def summary(config: RunConfig, coordinator: Coordinator, lines: list[dict], seco
     final = lines[-1] if lines else {}
     uploads = [size for line in lines for size in line.get("upload_bytes", [])]
     dense_values = sum(math.prod(shape) for shape in coordinator.shapes.values())
-    return {
+    mask_only = config.mode == "mask-only"  # nothing but mask samples leave a client: their epsilon is end to end
+    out = {
         "final_accuracy": final.get("accuracy"),
         "density": coordinator.density(),
         "rounds": final.get("round", 0),
@@ -27,8 +28,9 @@ def summary(config: RunConfig, coordinator: Coordinator, lines: list[dict], seco
         "epsilon": coordinator.epsilon(),
         "mask_channel_epsilon": coordinator.epsilon(mask_channel=True),
         "delta": config.delta,
-        "mechanism": _mechanism(config, coordinator),
-        "weight_channel": {"name": config.weight_channel, "meaning": WEIGHT_CHANNELS[config.weight_channel]},
+        "mechanism": coordinator.mechanism_summary() if mask_only else _mechanism(config, coordinator),
+        "weight_channel": {"name": "none", "meaning": "mask-only: weights stay frozen at the seed, never sent"}
+        if mask_only else {"name": config.weight_channel, "meaning": WEIGHT_CHANNELS[config.weight_channel]},
         "privacy_randomness": randomness.to_dict(),
         "upload_bytes_per_client_round": sum(uploads) / len(uploads) if uploads else None,
         "dense_upload_bytes_per_client_round": 4 * dense_values,
@@ -39,6 +41,9 @@ def summary(config: RunConfig, coordinator: Coordinator, lines: list[dict], seco
         "dropouts": coordinator.dropouts,
         "stopped": stopped,
     }
+    if mask_only:
+        out["mask_only"] = coordinator.mode_summary()
+    return out
 
 
 def _mechanism(config: RunConfig, coordinator: Coordinator) -> dict:
@@ -104,7 +109,8 @@ def _markdown(summary: dict, lines: list[dict], plots: list[str]) -> str:
     out = [
         "# fedprune run",
         "",
-        f"Method **{summary['method']}**, mechanism **{summary['mechanism'].get('name')}**, weight channel "
+        f"Mode **{summary['mode']}**, method **{summary['method']}**, mechanism "
+        f"**{summary['mechanism'].get('name') or summary['mechanism'].get('mechanism')}**, weight channel "
         f"**{summary['weight_channel']['name']}** ({summary['weight_channel']['meaning']}).",
         "",
         "| figure | value |",
@@ -130,6 +136,11 @@ def _markdown(summary: dict, lines: list[dict], plots: list[str]) -> str:
         out += ["", f"Mask reports: {mechanism['trust_model']}. Unit {mechanism.get('unit')}, Hamming bound "
                     f"{mechanism.get('hamming_bound')}, epsilon per decision {mechanism.get('epsilon_per_decision')}, "
                     f"per report {mechanism.get('epsilon_per_report')}."]
+    if "mask_only" in summary:
+        mode = summary["mask_only"]
+        out += ["", "Mode **mask-only**: nothing but the mask samples leaves a client, so the mask channel's epsilon "
+                    f"is the end-to-end one. Frozen weights: {mode['frozen_weights']}. Server: {mode['aggregation']}. "
+                    f"Final model: {mode['final_mask']}."]
     if eps["client"] is None:
         out += ["", "No end-to-end client-level guarantee: something a client sends (see the weight channel) is "
                     "not protected. The mask channel's own figure is shown beside it."]

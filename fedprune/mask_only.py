@@ -1,0 +1,266 @@
+"""Mask-only federated training: clients release nothing but privatized mask samples.
+
+Weights stay frozen at the seeded initialisation every party rebuilds
+(``fedprune.supermask.frozen_state``). Each round the server sends the global keep-probabilities
+(one per prunable weight); a client starts its scores at their logits, trains them on its data
+(``fedprune.supermask.ScoreModel``), and replies with one Bernoulli sample of its
+keep-probabilities, clipped to [q, 1 - q] so the sample is randomized response at eps per weight
+(``fedprune.supermask.ClippedBernoulli``), and its metrics. No weight, score or probability
+leaves the client.
+
+The server (:class:`MaskOnlyCoordinator`, the interface the strategy and driver use for the
+default mode) checks each reply, tallies the samples and debiases them, (y - q) / (1 - 2q), into
+the next global keep-probabilities: an unbiased estimate of the clients' mean of
+r = (clip(theta, q, 1 - q) - q) / (1 - 2q), theta stretched from [q, 1 - q] onto [0, 1] (0 below q,
+1 above 1 - q; theta itself at eps inf, where the estimate is the plain mean of the samples,
+FedPM's aggregate). The final model keeps the top (1 - ``target-sparsity``) share of weights by
+global keep-probability (per layer for the uniform and ERK distributions), ties broken by a fixed
+order drawn from the run's seed.
+
+Privacy: a sample of d coordinates can differ in all d between neighbouring datasets (every
+score depends on every record), so the Hamming bound is d and a report costs d x eps, at record
+and client level alike. The ledger records it as the randomized-response event it is; nothing
+else is released, so the mask channel's figure is the end-to-end one. At eps inf the samples are
+unclipped and there is no guarantee (None).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+
+from fedprune.aggregation import select_layer_masks, select_mask
+from fedprune.bits import unflatten_masks, unpack
+from fedprune.compact import MalformedReply
+from fedprune.config import RunConfig
+from fedprune.coordinator import UNITS, Coordinator, Reply, TooFewReplies, reply_bytes
+from fedprune.data import make_loader
+from fedprune.local import ClientResult, new_model, train_config
+from fedprune.masks import kept_count, prunable_parameters
+from fedprune.privacy import events
+from fedprune.privacy.spec import ReportSpec
+from fedprune.rounds import RoundPlan, layer_counts
+from fedprune.supermask import ClippedBernoulli, ScoreModel, exact_sample, frozen_state
+from fedprune.validation import ConfigError
+
+FINAL_MASK = ("threshold: the top (1 - target-sparsity) share of global keep-probabilities (per layer unless the "
+              "distribution is global), ties broken by a fixed order drawn from the run's seed")
+FROZEN_WEIGHTS = ("seeded initialisation, prunable weights sign(w) sqrt(2 / (fan_in density)) (scaled signed "
+                  "Kaiming constant), biases of pruned layers zero; rebuilt by every party, never sent")
+AGGREGATION = ("unweighted mean of the clients' samples, debiased (y - q) / (1 - 2q) and clipped to [0, 1] "
+               "(FedPM's Beta posterior with the prior reset every round)")
+
+
+# --- what every party derives from the settings ------------------------------------------------
+
+def score_groups(config: RunConfig, shapes: Mapping[str, tuple[int, ...]]) -> list[tuple[list[str], int]]:
+    """(names, kept) whose expected kept count a client's keep-probabilities hold at the target."""
+    counts = layer_counts(config, shapes, config.target_sparsity)
+    if counts is None:
+        return [(list(shapes), kept_count(sum(math.prod(s) for s in shapes.values()), config.target_sparsity))]
+    return [([name], int(counts[name])) for name in shapes]
+
+
+def plan_mask_only(config: RunConfig, round: int, length: int, kept: int) -> RoundPlan:
+    """Every mask-only round reports a sample of all ``length`` weights (Hamming bound ``length``)."""
+    return RoundPlan(round=round, sparsity=float(config.target_sparsity), prune=True, report=True,
+                     report_length=length, kept=kept, hamming_bound=length,
+                     public_seed=(config.seed * 1_000_003 + round) % 2**63)
+
+
+def sampler_for(config: RunConfig, length: int) -> ClippedBernoulli | None:
+    """The report's mechanism at ``epsilon-per-decision`` per weight; None at eps inf (exact samples)."""
+    if not math.isfinite(config.epsilon_per_decision):
+        return None
+    spec = ReportSpec.for_unconstrained(length, unit=config.unit)
+    return ClippedBernoulli(length=length, spec=spec, epsilon=config.epsilon_per_decision)
+
+
+def report_events(sampler: ClippedBernoulli | None) -> list[events.Event]:
+    """What one client's reply releases in one round: its mask sample, nothing else."""
+    if sampler is None:
+        return [events.Unprotected("mask samples sent unclipped (epsilon-per-decision inf)")]
+    return [sampler.event()]
+
+
+# --- the client's round ------------------------------------------------------------------------
+
+def client_round_mask_only(config: RunConfig, plan: RoundPlan, probabilities: Mapping[str, np.ndarray],
+                           examples: tuple[np.ndarray, np.ndarray], *, client: int, generator: torch.Generator,
+                           privacy_rng: np.random.Generator) -> ClientResult:
+    """Train scores from the global ``probabilities`` on ``examples``; reply with a privatized mask sample only."""
+    started = time.perf_counter()
+    model = new_model(config)
+    names = list(prunable_parameters(model))
+    frozen = frozen_state(config)
+    shapes = {name: tuple(frozen[name].shape) for name in names}
+    start = _check_probabilities(probabilities, shapes)
+    groups = score_groups(config, shapes)
+    length = sum(math.prod(shape) for shape in shapes.values())
+    if plan.report_length != length or plan.kept != sum(kept for _, kept in groups):
+        raise ConfigError(f"the plan asks for {plan.report_length} coordinates keeping {plan.kept}, this model has "
+                          f"{length}: client and server run different models or settings")
+    scores = ScoreModel(model, frozen, {name: torch.from_numpy(start[name]) for name in names}, groups)
+    x, y = examples
+    loss = scores.train(make_loader(x, y, config.batch_size, shuffle=True, generator=generator),
+                        train_config(config), generator)
+    with torch.no_grad():
+        theta = np.concatenate([p.double().reshape(-1).numpy() for p in scores.keep_probabilities().values()])
+    sampler = sampler_for(config, length)
+    report = sampler.sample(theta, privacy_rng) if sampler is not None else None
+    votes = exact_sample(theta, privacy_rng) if sampler is None else None
+    metrics = {"num-examples": int(len(y)), "train-loss": float(loss), "client-id": int(client),
+               "train-seconds": time.perf_counter() - started}
+    return ClientResult(weights={}, report=report, exact_votes=votes, metrics=metrics)
+
+
+def _check_probabilities(values: Mapping[str, np.ndarray], shapes: Mapping[str, tuple[int, ...]]):
+    """``values`` as float32 arrays if they are keep-probabilities for exactly ``shapes``, else ConfigError."""
+    if sorted(values) != sorted(shapes):
+        raise ConfigError(f"keep-probabilities name {sorted(values)}, the model's prunable weights are "
+                          f"{sorted(shapes)}")
+    out = {}
+    for name, shape in shapes.items():
+        value = np.asarray(values[name])
+        if value.dtype != np.float32 or value.shape != tuple(shape) or not np.all((value >= 0) & (value <= 1)):
+            raise ConfigError(f"keep-probabilities {name!r} must be float32 of shape {tuple(shape)} in [0, 1]")
+        out[name] = np.array(value)
+    return out
+
+
+# --- the server ----------------------------------------------------------------------------------
+
+class MaskOnlyCoordinator(Coordinator):
+    """The default Coordinator's interface for mask-only rounds; the arrays that travel are keep-probabilities.
+
+    ``compact`` gives round 1's global keep-probabilities (the expected density everywhere),
+    ``aggregate`` the next ones, and ``expand`` the model they stand for: the frozen weights
+    under the final (thresholded) mask. Checkpoints, ledgers and rejections work as the
+    default mode's; the keep-probabilities are the checkpoint's weights.
+    """
+
+    def __init__(self, config: RunConfig, state_shapes: Mapping[str, tuple[int, ...]], prunable: list[str]):
+        super().__init__(config, state_shapes, prunable)
+        self.frozen = frozen_state(config)
+        if {name: tuple(value.shape) for name, value in self.frozen.items()} != self.shapes:
+            raise ConfigError("the frozen network's tensors differ from the model's: rebuild both from the same "
+                              "settings")
+        self.length = self.eligible.size
+        self.groups = score_groups(config, self.mask_shapes)
+        self.kept = sum(kept for _, kept in self.groups)
+        self.sampler = sampler_for(config, self.length)
+        self.tie_break = np.random.default_rng(config.seed).random(self.length)  # public, fixed for the run
+        self.masks = self.final_masks(self.compact({}))
+        self.sparsity = float(config.target_sparsity)
+
+    def plan(self, round: int) -> RoundPlan:
+        return plan_mask_only(self.config, round, self.length, self.kept)
+
+    # --- the arrays that travel: keep-probabilities --------------------------------------------
+
+    def compact(self, state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Round 1's global keep-probabilities: each group's target density (no part of ``state`` travels)."""
+        out = {}
+        for names, kept in self.groups:
+            size = sum(math.prod(self.shapes[name]) for name in names)
+            for name in names:
+                out[name] = np.full(self.shapes[name], kept / size, dtype=np.float32)
+        return {name: out[name] for name in self.masks}
+
+    def expand(self, probabilities: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The final sparse model ``probabilities`` stand for: frozen weights under the thresholded mask."""
+        masks = self.final_masks(_check_probabilities(probabilities, self.mask_shapes))
+        return {name: np.where(masks[name].numpy(), value, np.float32(0)) if name in masks else np.array(value)
+                for name, value in self.frozen.items()}
+
+    def final_masks(self, probabilities: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        flat = np.concatenate([np.asarray(probabilities[name], dtype=np.float64).reshape(-1) for name in self.masks])
+        if len(self.groups) == 1:
+            bits = select_mask(flat, self.kept, tie_break=self.tie_break)
+        else:
+            sizes = {name: math.prod(self.shapes[name]) for name in self.masks}
+            bits = select_layer_masks(flat, {names[0]: kept for names, kept in self.groups}, sizes,
+                                      tie_break=self.tie_break)
+        return unflatten_masks(bits, self.mask_shapes)
+
+    # --- checks ----------------------------------------------------------------------------------
+
+    def check_reply(self, plan: RoundPlan, weights: Mapping[str, np.ndarray], metrics: Mapping,
+                    report, votes) -> Reply:
+        """The reply as a :class:`Reply`, or MalformedReply: it must carry one mask sample and no weights."""
+        client = metrics.get("client-id")
+        if isinstance(client, bool) or not isinstance(client, int) or client < 0:
+            raise MalformedReply(f"metrics lack a client-id >= 0 (got {client!r})")
+        examples = metrics.get("num-examples")
+        if isinstance(examples, bool) or not isinstance(examples, int) or examples < 1:
+            raise MalformedReply(f"num-examples must be an integer >= 1, got {examples!r}")
+        if weights:
+            raise MalformedReply(f"a mask-only reply carries no weights, got {sorted(weights)}")
+        if self.sampler is not None:
+            if report is None or votes is not None:
+                raise MalformedReply("a private mask-only round needs exactly one clipped-bernoulli report")
+            try:
+                self.sampler.check_report(report)
+            except ConfigError as error:
+                raise MalformedReply(str(error)) from None
+        else:
+            if votes is None or report is not None:
+                raise MalformedReply("a mask-only round at epsilon inf needs exactly one exact mask sample")
+            try:
+                votes = unpack(votes, self.length)
+            except ConfigError as error:
+                raise MalformedReply(f"mask sample: {error}") from None
+        return Reply(str(client), examples, {}, report, votes, dict(metrics))
+
+    # --- privacy ----------------------------------------------------------------------------------
+
+    def round_events(self, plan: RoundPlan, valid: int, sampled: int, dpsgd: Mapping | None = None):
+        return [(event, UNITS) for event in report_events(self.sampler)]
+
+    def record(self, plan: RoundPlan, clients: list[str], valid: int, sampled: int, dpsgd=None) -> None:
+        for event, units in self.round_events(plan, valid, sampled):
+            self.accountant.record(event, units=units, clients=clients)
+            self.mask_accountant.record(event, units=units, clients=clients)  # the same channel: all there is
+
+    # --- aggregation ------------------------------------------------------------------------------
+
+    def aggregate(self, plan: RoundPlan, replies: list[Reply], sampled: int) -> dict[str, np.ndarray]:
+        """The next global keep-probabilities from well-formed replies (debiased mean of their samples)."""
+        if len(replies) < self.config.min_replies:
+            raise TooFewReplies(f"round {plan.round}: {len(replies)} well-formed replies, min-replies is "
+                                f"{self.config.min_replies} ({len(self.rejected)} rejected so far, "
+                                f"{self.dropouts} dropouts); lower min-replies or fix the failing clients")
+        replies = sorted(replies, key=lambda r: int(r.client))  # a fixed order: same sums on resume
+        for reply in replies:
+            self.record(plan, [reply.client], valid=len(replies), sampled=sampled)
+        self.upload_bytes = [reply_bytes(r) for r in replies]
+        if self.sampler is None:
+            frequencies = np.mean([r.votes for r in replies], axis=0)
+        else:
+            frequencies = self.sampler.estimate(self.sampler.aggregate([r.report for r in replies]))
+        flat = np.clip(frequencies, 0.0, 1.0).astype(np.float32)
+        probabilities, start = {}, 0
+        for name, shape in self.mask_shapes.items():
+            size = math.prod(shape)
+            probabilities[name] = flat[start:start + size].reshape(shape)
+            start += size
+        self.masks = self.final_masks(probabilities)
+        self.sparsity = plan.sparsity
+        self.last_report_plan = plan
+        return probabilities
+
+    # --- what the run reports ---------------------------------------------------------------------
+
+    def mechanism_summary(self) -> dict:
+        """The mask channel (per decision, per report), for summary.json."""
+        if self.sampler is None:
+            return {"name": "exact-samples", "meaning": "unclipped Bernoulli mask samples: no privacy"}
+        return self.sampler.describe()
+
+    def mode_summary(self) -> dict:
+        return {"final_mask": FINAL_MASK, "frozen_weights": FROZEN_WEIGHTS, "aggregation": AGGREGATION,
+                "weights_sent": False}

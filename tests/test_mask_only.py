@@ -1,0 +1,288 @@
+"""Mask-only mode: real Flower messages through the real ClientApp handler, strategy and MaskOnlyCoordinator.
+
+The fast tests drive the strategy without a simulation engine (as tests/test_strategy.py does);
+the slow one runs `fedprune run --mode mask-only --rounds 2` on the default data (one local epoch instead of
+eight, to stay well under 90 s) and resumes it to a third round.
+"""
+
+import hashlib
+import json
+import logging
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.common.serde import recorddict_to_proto
+
+import clients.app
+from fedprune import protocol
+from fedprune.config import RunConfig
+from fedprune.coordinator import BudgetExhausted
+from fedprune.local import client_data, new_model
+from fedprune.mask_only import MaskOnlyCoordinator, client_round_mask_only
+from fedprune.masks import prunable_parameters
+from fedprune.privacy.closed_form import rr_composition_epsilon
+from fedprune.privacy.rng import privacy_rng
+from fedprune.rounds import check_federated
+from fedprune.supermask import frozen_state
+from fedprune.validation import ConfigError
+from server import checkpoint
+from server.strategy import FedPrune, to_record
+
+NODES = [11, 12, 13, 14]
+DELTA = 1e-5
+
+
+@pytest.fixture(autouse=True)
+def task_identity():
+    """Flower's runtime names the run and node of the process; do what it does."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
+    yield
+
+
+class ListGrid:
+    def get_node_ids(self):
+        return list(NODES)
+
+
+def small_config(**changes) -> RunConfig:
+    settings = {"mode": "mask-only", "dataset": "digits", "model": "mlp", "num-clients": 4, "min-replies": 2,
+                "num-server-rounds": 3, "privacy-seed": 3, "epsilon-per-decision": 2.0, "batch-size": 64,
+                "local-epochs": 1}
+    settings.update(changes)
+    return RunConfig.from_mapping(settings)
+
+
+def coordinator_for(config) -> MaskOnlyCoordinator:
+    model = new_model(config)
+    shapes = {name: tuple(value.shape) for name, value in model.state_dict().items()}
+    return MaskOnlyCoordinator(config, shapes, list(prunable_parameters(model)))
+
+
+def setup(config):
+    coordinator = coordinator_for(config)
+    strategy = FedPrune(coordinator, fraction_train=1.0, min_train_nodes=len(NODES), min_available_nodes=len(NODES))
+    arrays = to_record(coordinator.compact({}))
+    return coordinator, strategy, list(strategy.configure_train(1, arrays, ConfigRecord(), ListGrid()))
+
+
+def client_reply(message: Message, partition: int) -> Message:
+    context = Context(run_id=1, node_id=message.metadata.dst_node_id, state=RecordDict(), run_config={},
+                      node_config={"partition-id": partition, "num-partitions": len(NODES)})
+    return clients.app.train(message, context)
+
+
+def rebuilt(reply: Message, change) -> Message:
+    content = RecordDict(dict(reply.content))
+    change(content)
+    request = Message(content=RecordDict(), dst_node_id=reply.metadata.src_node_id, message_type="train")
+    return Message(content=content, reply_to=request)
+
+
+def closed_form(config, coordinates: int) -> float:
+    return rr_composition_epsilon(config.epsilon_per_decision, coordinates, DELTA)
+
+
+def assert_matches(figure, exact):
+    assert exact - 1e-9 <= figure <= exact * (1 + 1e-5) + 2e-4
+
+
+# --- settings ------------------------------------------------------------------------------------
+
+def test_mode_defaults_apply_only_to_settings_not_given():
+    config = RunConfig.from_mapping({"mode": "mask-only", "num-server-rounds": 2})
+    assert (config.optimizer, config.learning_rate, config.local_epochs, config.target_sparsity) == \
+        ("adam", 0.2, 8, 0.5)
+    assert RunConfig.from_mapping({"mode": "mask-only", "learning-rate": 0.05}).learning_rate == 0.05
+    assert RunConfig.from_mapping({}).optimizer == "sgd"
+    check_federated(config)  # two rounds are fine: the pruning schedule does not apply
+
+
+@pytest.mark.parametrize("change", [{"mechanism": "subset"}, {"weight-channel": "dpsgd"}, {"method": "dense"},
+                                    {"structure": "units"}, {"dense-baseline": True}, {"target-sparsity": 0.0}])
+def test_settings_mask_only_cannot_honour_fail_before_any_work(change):
+    with pytest.raises(ConfigError, match="mask-only"):
+        check_federated(RunConfig.from_mapping({"mode": "mask-only", **change}))
+
+
+def test_frozen_weights_are_the_same_in_another_process():
+    config = small_config()
+    digest = hashlib.sha256(b"".join(v.tobytes() for v in frozen_state(config).values())).hexdigest()
+    code = ("import hashlib; from fedprune.config import RunConfig; from fedprune.supermask import frozen_state; "
+            "c = RunConfig(mode='mask-only', dataset='digits', model='mlp', target_sparsity=0.5); "
+            "print(hashlib.sha256(b''.join(v.tobytes() for v in frozen_state(c).values())).hexdigest())")
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert other.stdout.strip() == digest
+
+
+# --- one round on real messages ------------------------------------------------------------------
+
+def test_a_round_uploads_one_packed_mask_sample_and_nothing_else():
+    config = small_config()
+    coordinator, strategy, messages = setup(config)
+    d = coordinator.length
+    names = list(coordinator.masks)
+    for message in messages:  # downlink: keep-probabilities only, never the frozen weights
+        arrays = {name: array.numpy() for name, array in message.content[protocol.ARRAYS].items()}
+        assert list(arrays) == names and all(np.all(a == np.float32(0.5)) for a in arrays.values())
+    replies = [client_reply(m, i) for i, m in enumerate(messages)]
+    for reply in replies:
+        assert len(reply.content[protocol.ARRAYS]) == 0  # no weights, scores or probabilities
+        report = dict(reply.content.config_records[protocol.REPORT])
+        assert protocol.VOTES not in report and report["mechanism"] == "clipped-bernoulli"
+        assert report["setting.epsilon"] == 2.0 and report["setting.hamming_bound"] == d
+        assert len(report["array.bits"]) == math.ceil(d / 8)
+        wire = recorddict_to_proto(reply.content).ByteSize()  # the whole serialized reply
+        assert math.ceil(d / 8) < wire < math.ceil(d / 8) + 1024
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    assert metrics["valid-replies"] == 4 and coordinator.upload_bytes == [math.ceil(d / 8)] * 4
+    probabilities = {name: array.numpy() for name, array in arrays.items()}
+    assert list(probabilities) == names and all(((p >= 0) & (p <= 1)).all() for p in probabilities.values())
+    assert coordinator.density() == pytest.approx(0.5, abs=1e-4)
+    model = coordinator.expand(probabilities)
+    frozen = frozen_state(config)
+    for name in names:
+        kept = coordinator.masks[name].numpy()
+        assert np.array_equal(model[name][kept], frozen[name][kept]) and not model[name][~kept].any()
+    eps = coordinator.epsilon()
+    assert eps == coordinator.epsilon(mask_channel=True) and eps["record"] == eps["client"]
+    assert_matches(eps["client"], closed_form(config, d))  # one report: d coordinates of eps-RR
+
+
+def test_ledgers_are_per_client_and_compose_like_randomized_response():
+    config = small_config()
+    coordinator = coordinator_for(config)
+    d = coordinator.length
+    coordinator.record(coordinator.plan(1), ["0", "1"], valid=2, sampled=2)
+    coordinator.record(coordinator.plan(2), ["0"], valid=1, sampled=2)
+    assert_matches(coordinator.accountant.epsilon(DELTA, "client", client="1"), closed_form(config, d))
+    assert_matches(coordinator.epsilon()["client"], closed_form(config, 2 * d))  # the worst client
+    assert coordinator.epsilon()["record"] == coordinator.epsilon()["client"]
+    assert coordinator.epsilon() == coordinator.epsilon(mask_channel=True)
+
+
+def test_the_budget_refuses_the_round_that_would_exceed_it():
+    config = small_config()
+    d = coordinator_for(config).length
+    coordinator = coordinator_for(config.replace(budget_epsilon=1.5 * closed_form(config, d)))
+    coordinator.check_budget(coordinator.plan(1), sampled=4)  # one report fits
+    coordinator.record(coordinator.plan(1), ["0", "1", "2", "3"], valid=4, sampled=4)
+    with pytest.raises(BudgetExhausted, match="round 2 would reach epsilon"):
+        coordinator.check_budget(coordinator.plan(2), sampled=4)
+
+
+def test_exact_samples_at_epsilon_inf_carry_no_guarantee():
+    coordinator, strategy, messages = setup(small_config(**{"epsilon-per-decision": "inf"}))
+    replies = [client_reply(m, i) for i, m in enumerate(messages)]
+    samples = []
+    for reply in replies:
+        report = dict(reply.content.config_records[protocol.REPORT])
+        assert list(report) == [protocol.VOTES] and len(report[protocol.VOTES]) == math.ceil(coordinator.length / 8)
+        samples.append(np.unpackbits(np.frombuffer(report[protocol.VOTES], np.uint8), count=coordinator.length,
+                                     bitorder="little"))
+    arrays, _ = strategy.aggregate_train(1, replies)
+    flat = np.concatenate([array.numpy().reshape(-1) for array in arrays.values()])
+    assert np.allclose(flat, np.mean(samples, axis=0))  # FedPM's mean of the sampled masks
+    assert coordinator.epsilon() == {"record": None, "client": None}
+    assert coordinator.mechanism_summary()["name"] == "exact-samples"
+
+
+def _report_entry(key, value):
+    def change(content):
+        report = dict(content.config_records[protocol.REPORT])
+        report[key] = value(report[key]) if callable(value) else value
+        content[protocol.REPORT] = ConfigRecord(report)
+    return change
+
+
+BREAKAGES = {
+    "weights sent": lambda c: c.__setitem__(protocol.ARRAYS, ArrayRecord(
+        {"head.weight": Array(np.zeros((10, 256), np.float32))})),
+    "wrong length": _report_entry("length", lambda n: n - 1),
+    "wrong mechanism": _report_entry("mechanism", "randomized-response"),
+    "wrong dtype": _report_entry("array.bits", "not bytes"),
+    "wrong byte count": _report_entry("array.bits", lambda b: b[:-1]),
+    "exact votes": lambda c: c.__setitem__(protocol.REPORT, ConfigRecord({protocol.VOTES: b"\x00" * 3})),
+    "no report": lambda c: c.pop(protocol.REPORT),
+}
+
+
+@pytest.mark.parametrize("breakage", BREAKAGES)
+def test_malformed_replies_are_rejected_logged_and_counted(breakage, caplog):
+    coordinator, strategy, messages = setup(small_config())
+    replies = [client_reply(m, i) for i, m in enumerate(messages)]
+    replies[0] = rebuilt(replies[0], BREAKAGES[breakage])
+    with caplog.at_level(logging.WARNING, logger="flwr"):
+        _, metrics = strategy.aggregate_train(1, replies)
+    assert metrics["valid-replies"] == 3 and len(coordinator.rejected) == 1
+    assert coordinator.rejected[0]["client"] == "0" and "rejected the reply" in caplog.text
+    # the rejected reply still counts against its client's budget: the server received it
+    assert_matches(coordinator.accountant.epsilon(DELTA, "client", client="0"),
+                   closed_form(coordinator.config, coordinator.length))
+
+
+# --- resume -------------------------------------------------------------------------------------
+
+def _rounds(config, coordinator, arrays, rounds):
+    for round in rounds:
+        plan = coordinator.plan(round)
+        replies = []
+        for client in range(3):
+            result = client_round_mask_only(
+                config, plan, arrays, client_data(config, client, 3), client=client,
+                generator=torch.Generator().manual_seed(1000 * round + client),
+                privacy_rng=privacy_rng(config.privacy_seed, stream=(round, client)))
+            replies.append(coordinator.check_reply(plan, result.weights, result.metrics, result.report,
+                                                   result.exact_votes))
+        arrays = coordinator.aggregate(plan, replies, sampled=3)
+    return arrays
+
+
+def test_resuming_from_a_checkpoint_gives_the_uninterrupted_result(tmp_path):
+    config = small_config(**{"num-clients": 3})
+    whole = coordinator_for(config)
+    final = _rounds(config, whole, whole.compact({}), [1, 2])
+
+    first = coordinator_for(config)
+    checkpoint.save(tmp_path, 1, _rounds(config, first, first.compact({}), [1]), first.state_dict())
+    round, arrays, state = checkpoint.load(tmp_path)
+    resumed = coordinator_for(config)
+    resumed.load_state_dict(json.loads(json.dumps(state)))
+    again = _rounds(config, resumed, arrays, [round + 1])
+
+    assert all(np.array_equal(final[name], again[name]) for name in final)
+    assert resumed.state_dict() == whole.state_dict()  # mask, ledgers (neither lost nor counted twice)
+    assert all(np.array_equal(a, b) for a, b in zip(whole.expand(final).values(), resumed.expand(again).values()))
+
+
+# --- the command line, on the default data --------------------------------------------------------
+
+@pytest.mark.slow
+def test_fedprune_run_mask_only_two_rounds_then_resume(tmp_path):
+    from simulations.cli import main
+
+    base = ["run", "--mode", "mask-only", "--out", str(tmp_path), "--name", "mo", "--quiet", "--set", "privacy-seed=5",
+            "--set", "local-epochs=1"]  # a quarter of the default training: the test is about the plumbing
+    assert main(base + ["--rounds", "2"]) == 0
+    folder = tmp_path / "mo"
+    summary = json.loads((folder / "summary.json").read_text())
+    d = summary["mechanism"]["hamming_bound"]
+    assert summary["mode"] == "mask-only" and summary["rounds"] == 2 and d == summary["mechanism"]["length"]
+    assert summary["density"] == pytest.approx(0.5, abs=1e-4)
+    assert summary["epsilon"] == summary["mask_channel_epsilon"]  # end to end: nothing else is released
+    assert_matches(summary["epsilon"]["client"], rr_composition_epsilon(2.0, 2 * d, DELTA))
+    assert summary["upload_bytes_per_client_round"] == math.ceil(d / 8)
+    assert summary["dense_upload_bytes_per_client_round"] > 32 * math.ceil(d / 8)
+    assert "Mode **mask-only**" in (folder / "report.md").read_text()
+
+    assert main(["run", "--resume", str(folder), "--rounds", "3", "--quiet"]) == 0
+    summary = json.loads((folder / "summary.json").read_text())
+    rounds = [json.loads(line)["round"] for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert rounds == [0, 1, 2, 3] and summary["rounds"] == 3
+    assert_matches(summary["epsilon"]["client"], rr_composition_epsilon(2.0, 3 * d, DELTA))
