@@ -56,7 +56,8 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=None, help="rounds in all (default: the pruning events)")
     parser.add_argument("--weight-noise", default="clear",
                         help="weight channel: a Gaussian noise multiplier per round (Flower's DP wrappers), "
-                             "'clear' (no end-to-end guarantee) or 'mask-only' (default clear)")
+                             "'clear' (no end-to-end guarantee), 'no-weights' (the masks alone, a what-if) "
+                             "or 'mask-only' (the mode: every round reports all d weights) (default clear)")
     parser.add_argument("--sample-size", type=int, default=None, help="coordinates per sampling report (default d)")
     parser.add_argument("--frequency", type=float, default=None,
                         help="keep-frequency at which to state the standard error (default k/d)")
@@ -103,7 +104,8 @@ def format_plan(plan: BudgetPlan) -> str:
     """The plan as a report for people: setting, spend, predicted error, warnings, what would help."""
     r, spent = plan.request, plan.spent
     noise = r["weight_noise"]
-    weights = {"clear": "sent in the clear", "mask-only": "not sent (mask-only)"}.get(noise) \
+    weights = {"clear": "sent in the clear", "no-weights": "not counted (what-if)",
+               "mask-only": "never sent (mode mask-only: every round reports all d weights)"}.get(noise) \
         or f"with Gaussian noise, multiplier {noise:g} per round"
     rows = [
         ["epsilon-per-decision (run setting)", str(_down(plan.epsilon_parameter))],
@@ -177,12 +179,12 @@ def _kept(args) -> int:
 
 
 def _weight_noise(value: str):
-    if value in ("clear", "mask-only", "none"):
+    if value in ("clear", "no-weights", "mask-only", "none"):
         return "clear" if value == "none" else value
     try:
         return finite("--weight-noise", value)
     except ConfigError:
-        raise ConfigError(f"--weight-noise must be a noise multiplier (e.g. 1.1), 'clear' or 'mask-only', "
+        raise ConfigError(f"--weight-noise must be a noise multiplier (e.g. 1.1), 'clear', 'no-weights' or 'mask-only', "
                           f"got {value!r}") from None
 
 

@@ -182,7 +182,7 @@ def test_the_realistic_example_says_the_error_drowns_the_signal():
 @pytest.mark.parametrize("name, clients", [("central", 5000), ("subset", 100000)])
 def test_easy_cases_carry_no_warning(name, clients):
     plan = plan_budget(8.0, DELTA, length=D, kept=K, clients=clients, mechanism=name, pruning_events=2,
-                       weight_noise="mask-only")
+                       weight_noise="no-weights")
     assert not plan.error_above_signal and not plan.suggestions
     assert not any("larger than the signal" in warning for warning in plan.warnings)
     assert plan.recovery > 0.99 and plan.spent["end_to_end"] == plan.spent["mask_channel"]
@@ -239,7 +239,7 @@ def test_normal_recovery_against_monte_carlo():
     ({"delta": 0.0}, r"delta must be in \(0, 1\).*e\.g\. 1e-5"), ({"delta": 1.0}, r"delta must be in \(0, 1\)"),
     ({"kept": 0}, r"kept \(k\) must be an integer in \[1, 999\]"), ({"kept": D}, r"in \[1, 999\]"),
     ({"mechanism": "laplace"}, "unknown mechanism 'laplace'; valid mechanisms: central, oue, randomized-response"),
-    ({"unit": "user"}, "valid units: record, client"), ({"weight_noise": "loud"}, "'clear' or 'mask-only'"),
+    ({"unit": "user"}, "valid units: record, client"), ({"weight_noise": "loud"}, "one of clear, no-weights, mask-only"),
     ({"weight_noise": -1.0}, "must be > 0"), ({"rounds": 1, "pruning_events": 2}, "at least the pruning events"),
     ({"sample_size": 10}, "only to the sampling mechanism"), ({"agreement": 0.05}, r"must lie in \(0.1, 1\]"),
     ({"clients": 0}, "clients .* integer >= 1"),
@@ -265,11 +265,12 @@ def test_cli_prints_a_table_and_json(capsys):
     assert "| figure | value |" in table and "WARNING: the predicted error" in table
     assert "--set mechanism=randomized-response --set epsilon-per-decision=0.0111" in table
     assert budget.run(parser().parse_args(["--epsilon", "8", "--length", "1000", "--kept", "100", "--clients", "5000",
-                                           "--mechanism", "central", "--weight-noise", "mask-only", "--json"])) == 0
+                                           "--mechanism", "central", "--weight-noise", "no-weights", "--json"])) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["mechanism"] == "central" and plan["error_above_signal"] is False and plan["suggestions"] == []
     assert 8 * (1 - 1e-4) <= plan["spent"]["end_to_end"] <= 8
-    assert plan["setting"]["budget-epsilon"] == 8 and plan["setting"]["mode"] == "mask-only"
+    assert plan["setting"]["budget-epsilon"] == 8 and plan["setting"]["weight-channel"] == "clear"
+    assert any("counts no weight updates" in warning for warning in plan["warnings"])
 
 
 def test_cli_plans_a_stepped_schedule(capsys):
@@ -288,3 +289,17 @@ def test_cli_bad_input_raises_config_error():
         budget.run(parser().parse_args(["--epsilon", "8", "--sparsity", "1.5"]))
     with pytest.raises(ConfigError, match="drop --kept"):
         budget.run(parser().parse_args(["--epsilon", "8", "--sparsities", "0.5,0.9", "--kept", "10"]))
+
+
+def test_mask_only_mode_is_planned_as_every_weight_every_round():
+    """The mode reports all d weights by randomized response each round: Delta = d, rounds x d decisions."""
+    plan = plan_budget(1000.0, DELTA, length=200, kept=100, clients=10, rounds=3, weight_noise="mask-only")
+    assert plan.hamming_bound == 200 and plan.request["pruning_events"] == 3
+    assert plan.spent["end_to_end"] == plan.spent["mask_channel"] <= 1000.0
+    exact = rr_composition_epsilon(plan.epsilon_parameter, 3 * 200, DELTA)
+    assert exact == pytest.approx(plan.spent["end_to_end"], rel=1e-3) and exact <= 1000.0 * (1 + 1e-3)
+    assert plan.setting["mode"] == "mask-only" and plan.setting["num-server-rounds"] == 3
+    assert plan.setting["target-sparsity"] == pytest.approx(0.5)
+    with pytest.raises(ConfigError, match="randomized response only"):
+        plan_budget(8.0, DELTA, length=200, kept=100, clients=10, rounds=3, mechanism="subset", weight_noise="mask-only")
+    assert all("infeasible" not in s for s in plan.suggestions)

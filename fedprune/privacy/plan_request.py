@@ -16,7 +16,10 @@ from fedprune.validation import ConfigError, finite, pick, positive, probability
 UNITS = ("record", "client")
 WEIGHT_CHANNELS = {
     "clear": "weight updates sent without DP: no end-to-end guarantee; the mask channel alone is planned",
-    "mask-only": "no weight updates are sent: the mask channel is the end-to-end guarantee",
+    "no-weights": "no weight updates in the plan: the mask channel alone, as if it were the only release "
+                  "(for planning; a default-mode run also sends weights)",
+    "mask-only": "the mask-only mode: randomized response on every weight in every round (Delta = d), nothing "
+                 "else released, so the mask channel is the end-to-end guarantee",
 }
 
 def report_sizes(length: int, kept_schedule: Sequence[int], regrowth: bool = False) -> list[tuple[int, int]]:
@@ -47,6 +50,11 @@ def check_request(r: dict) -> dict:
     k = r["kept"] = int(k)
     r["clients"] = _integer("clients (reports per pruning event)", r["clients"], 1)
     r["regrowth"] = bool(r["regrowth"])
+    if r["weight_noise"] is None or r["weight_noise"] in WEIGHT_CHANNELS:
+        r["weight_noise"] = r["weight_noise"] or "clear"
+    else:
+        r["weight_noise"] = _fixed(positive, "weight noise multiplier", r["weight_noise"],
+                                   f"pass a Gaussian noise multiplier or one of {', '.join(WEIGHT_CHANNELS)}")
     r["schedule_given"] = r["kept_schedule"] is not None
     if r["kept_schedule"] is None:
         events_ = 1 if r["pruning_events"] is None else _integer("pruning events", r["pruning_events"], 1)
@@ -61,17 +69,15 @@ def check_request(r: dict) -> dict:
                               "events; leave pruning_events unset")
         r["kept_schedule"] = schedule
     r["pruning_events"] = len(r["kept_schedule"])
+    r["hamming_bound"] = None  # exactly-k reports: min(2k, 2(d - k)) per report
+    if r["weight_noise"] == "mask-only":
+        _mask_only(r)
     given = r["schedule_given"]
     r["sizes"] = report_sizes(d, r["kept_schedule"], r["regrowth"]) if given else [(d, k)] * r["pruning_events"]
     r["rounds"] = r["pruning_events"] if r["rounds"] is None else _integer("rounds", r["rounds"], 1)
     if r["rounds"] < r["pruning_events"]:
         raise ConfigError(f"rounds ({r['rounds']}) must be at least the pruning events ({r['pruning_events']}): "
                           "each pruning event takes a round")
-    if r["weight_noise"] is None or r["weight_noise"] in WEIGHT_CHANNELS:
-        r["weight_noise"] = r["weight_noise"] or "clear"
-    else:
-        r["weight_noise"] = _fixed(positive, "weight noise multiplier", r["weight_noise"],
-                                   "pass a Gaussian noise multiplier, 'clear' or 'mask-only'")
     if r["sample_size"] is not None:
         if r["mechanism"] != "sampling":
             raise ConfigError(f"sample_size applies only to the sampling mechanism, not {r['mechanism']!r}; "
@@ -96,6 +102,21 @@ def check_request(r: dict) -> dict:
     if r["coarse_length"] is not None:
         r["coarse_length"] = _integer("coarse_length", r["coarse_length"], 2)
     return r
+
+
+def _mask_only(r: dict) -> None:
+    """The mask-only mode reports a clipped Bernoulli sample of every weight in every round (fedprune.mask_only)."""
+    if r["mechanism"] != "randomized-response":
+        raise ConfigError(f"mode mask-only reports by randomized response only, not {r['mechanism']!r}; plan "
+                          "mechanism randomized-response, or weight noise 'no-weights' to plan the masks alone")
+    if r["schedule_given"] or r["regrowth"]:
+        raise ConfigError("mode mask-only has no pruning schedule or regrowth: every round reports all d weights; "
+                          "leave kept_schedule and regrowth unset and give rounds")
+    rounds = r["rounds"] if r["rounds"] is not None else r["pruning_events"]
+    r["rounds"] = _integer("rounds", rounds, 1)
+    r["pruning_events"] = r["rounds"]  # a report every round
+    r["kept_schedule"] = [r["kept"]] * r["rounds"]
+    r["hamming_bound"] = r["length"]  # a sample can differ in every weight
 
 
 def _fixed(check, name: str, value, fix: str):

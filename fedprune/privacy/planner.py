@@ -6,7 +6,8 @@ per-report epsilon at delta that fixes the noise multiplier) until the real
 (``fedprune.coordinator``) for its worst client, who takes part in every round: in each pruning
 event the mechanism's ``event()`` (built as ``fedprune.rounds.mechanism_for`` builds it), and per
 round a weight-channel release: a Gaussian of the given noise multiplier (Flower's DP wrappers,
-sensitivity 2, every sampled client replying), nothing (``mask-only``), or updates in the clear
+sensitivity 2, every sampled client replying), nothing (``no-weights``, a what-if; ``mask-only``, the
+mode of that name, where every round instead reports all d weights at Delta = d), or updates in the clear
 (``clear``: no end-to-end guarantee, so the mask channel alone is planned, and the plan says so).
 The search brackets the answer, then runs Brent's method on log(setting) and stops at the first
 setting that spends between (1 - tolerance) x target and target: never more than asked.
@@ -106,7 +107,8 @@ def plan_budget(epsilon: float, delta: float, *, length: int, kept: int, clients
     ``kept_schedule``: the kept count after each pruning event, ending at k (see the module notes;
     ``regrowth``: every report covers all d weights); ``rounds``: rounds the weight channel releases
     in (default the pruning events); ``weight_noise``: a Gaussian noise multiplier per round,
-    ``"clear"`` (or None) or ``"mask-only"``; ``sample_size``: coordinates per sampling report
+    ``"clear"`` (or None), ``"no-weights"`` or ``"mask-only"`` (the mode: a report of all d weights every one
+    of ``rounds`` rounds); ``sample_size``: coordinates per sampling report
     (default all). ``frequencies``: the true keep-frequencies (d values) in place of the two-level
     model at ``agreement`` (one-size events only); ``coarse_length``: units for the coarser-mask
     suggestion (default d / 64). ConfigError on bad input, and on an infeasible request, naming the
@@ -128,7 +130,8 @@ def plan_budget(epsilon: float, delta: float, *, length: int, kept: int, clients
 
     def build(setting: float) -> list[Mechanism]:
         made = {size: build_mechanism(request["mechanism"], setting, length=size[0], kept=size[1],
-                                      delta=request["delta"], unit=request["unit"], sample_size=request["sample_size"])
+                                      delta=request["delta"], unit=request["unit"], sample_size=request["sample_size"],
+                                      hamming_bound=request["hamming_bound"])
                 for size in set(sizes)}
         return [made[size] for size in sizes]
 
@@ -167,9 +170,14 @@ def kept_schedule_for(length: int, sparsities: Sequence[float]) -> list[int]:
 
 
 def build_mechanism(name: str, setting: float, *, length: int, kept: int, delta: float, unit: str = "client",
-                    sample_size: int | None = None) -> Mechanism:
-    """The mechanism a run builds at ``epsilon-per-decision`` = ``setting`` (as ``rounds.mechanism_for`` does)."""
-    spec = ReportSpec.for_exactly_k(kept, length, unit=unit, threat_model="central" if name == "central" else "local")
+                    sample_size: int | None = None, hamming_bound: int | None = None) -> Mechanism:
+    """The mechanism a run builds at ``epsilon-per-decision`` = ``setting`` (as ``rounds.mechanism_for`` does).
+
+    ``hamming_bound``: Delta where reports are not exactly-k masks (mask-only: d).
+    """
+    threat = "central" if name == "central" else "local"
+    spec = (ReportSpec.for_exactly_k(kept, length, unit=unit, threat_model=threat) if hamming_bound is None
+            else ReportSpec(unit=unit, threat_model=threat, hamming_bound=hamming_bound))
     extra = {"subset": {"kept": kept}, "sampling": {"sample_size": sample_size or length},
              "central": {"delta": delta}}.get(name, {})
     epsilon = setting if name == "central" else epsilon_for_decision(name, setting)
@@ -188,7 +196,7 @@ def run_ledger(mechanisms: Sequence[Mechanism], *, rounds: int, weight_noise) ->
                 ledger.record(mechanisms[round].event(), units=UNITS, clients=["worst"])
         if weight_noise == "clear":
             whole.record(events.Unprotected("weight updates sent in the clear"), units=UNITS, clients=["worst"])
-        elif weight_noise != "mask-only":
+        elif weight_noise not in WEIGHT_CHANNELS:
             whole.record(events.Gaussian(weight_noise), units=UNITS, clients=["worst"])
     return whole, masks
 
@@ -283,7 +291,7 @@ def _first_guess(request) -> float:
     name, size = request["mechanism"], request["sample_size"]
     coordinates = 0
     for d, k in request["sizes"]:
-        bound = ReportSpec.for_exactly_k(k, d).hamming_bound
+        bound = request["hamming_bound"] or ReportSpec.for_exactly_k(k, d).hamming_bound
         coordinates += {"subset": 1, "central": 1, "sampling": min(size or d, bound)}.get(name, bound)
     return request["epsilon"] / coordinates * (2 if name == "sue" else 1)
 
@@ -338,6 +346,8 @@ def _run_setting(mechanism, parameter: float, request, guaranteed: bool) -> dict
     noise = request["weight_noise"]
     if noise in WEIGHT_CHANNELS:
         setting.update({"mode": "mask-only"} if noise == "mask-only" else {"weight-channel": "clear"})
+        if noise == "mask-only":
+            setting.update({"num-server-rounds": request["rounds"], "target-sparsity": 1 - request["kept"] / request["length"]})
     else:  # client-clipping records the same Gaussian
         setting.update({"weight-channel": "server-clipping", "noise-multiplier": noise})
     if guaranteed:  # the run then stops before a round would overspend (with no guarantee it could not start)
@@ -351,12 +361,15 @@ def _warnings(request, plan, tolerance) -> list[str]:
     if bound < request["epsilon"] * (1 - tolerance):  # the ledger's resolution, at tiny budgets
         out.append(f"the plan spends {bound:.4g} of the {request['epsilon']:g} asked: the ledger resolves no finer "
                    "setting; it stays within the budget")
+    if request["weight_noise"] == "no-weights":
+        out.append("the plan counts no weight updates, but a default-mode run sends them: its end-to-end figure "
+                   "is then none (clear) or larger (noised); plan the weight channel the run will use")
     if request["weight_noise"] == "clear":
         out.append("weight updates go in the clear: there is NO end-to-end guarantee; every figure here is the "
                    "mask channel's alone")
     if plan.mechanism == "central":
         out.append(plan.trust_model)
-    if request["pruning_events"] > 1 and request["schedule_given"] is False:
+    if request["pruning_events"] > 1 and request["schedule_given"] is False and request["weight_noise"] != "mask-only":
         out.append(f"each of the {request['pruning_events']} pruning events is planned as a report on all "
                    f"{request['length']} weights keeping {request['kept']}: a schedule that prunes in steps reports "
                    "on more changing weights early (larger Delta); give its kept counts (kept_schedule, "
@@ -375,18 +388,21 @@ def _suggestions(request, plan) -> list[dict]:
     out = [{"change": "more clients", "setting": {"clients": plan.clients_needed},
             "standard_error": plan.signal / 2, "clients_needed": plan.clients_needed}]
     alternatives = []
-    if request["pruning_events"] > 1:
+    if request["weight_noise"] == "mask-only":  # one mechanism, every weight, every round: only fewer rounds
+        if request["rounds"] > 1:
+            alternatives.append(("fewer rounds", {"rounds": request["rounds"] // 2}))
+    elif request["pruning_events"] > 1:
         alternatives.append(("fewer pruning events", {"pruning_events": 1, "kept_schedule": None}))
-    if request["mechanism"] not in ("subset", "central"):
+    if request["mechanism"] not in ("subset", "central") and request["weight_noise"] != "mask-only":
         alternatives.append(("subset mechanism", {"mechanism": "subset", "sample_size": None}))
-    if request["mechanism"] != "central":
+    if request["mechanism"] != "central" and request["weight_noise"] != "mask-only":
         alternatives.append(("central trust model (trusted aggregator or secure aggregation)",
                              {"mechanism": "central", "sample_size": None}))
     coarse = request["coarse_length"] or max(2, math.ceil(d / COARSE_BLOCK))
     scaled = [max(1, round(x * coarse / d)) for x in schedule]
     for e in range(len(scaled) - 2, -1, -1):  # keep the schedule strictly decreasing
         scaled[e] = max(scaled[e], scaled[e + 1] + 1)
-    if scaled[0] < coarse:
+    if scaled[0] < coarse and request["weight_noise"] != "mask-only":
         size = request["sample_size"] and max(1, round(request["sample_size"] * coarse / d))
         alternatives.append((f"coarser masks ({coarse} units: channels or blocks of ~{d // coarse} weights)",
                              {"length": coarse, "kept": scaled[-1], "frequencies": None, "sample_size": size,
@@ -395,7 +411,7 @@ def _suggestions(request, plan) -> list[dict]:
         entry = {"change": change, "setting": {key: value for key, value in overrides.items() if value is not None}}
         settings = {**request, "kept_schedule": schedule if request["schedule_given"] else None, **overrides,
                     "coarse_length": None}
-        for name in ("schedule_given", "sizes", *(("pruning_events",) if settings["kept_schedule"] else ())):
+        for name in ("schedule_given", "sizes", "hamming_bound", *(("pruning_events",) if settings["kept_schedule"] else ())):
             settings.pop(name)
         try:
             other = plan_budget(**settings, suggest=False)
