@@ -195,8 +195,8 @@ class Coordinator:
 
     # --- aggregation ------------------------------------------------------------------------
 
-    def aggregate(self, plan: RoundPlan, replies: list[Reply], sampled: int) -> dict[str, np.ndarray]:
-        """New global weights (compact under the new mask) from well-formed replies."""
+    def accept(self, plan: RoundPlan, replies: list[Reply], sampled: int) -> list[Reply]:
+        """Enough well-formed replies, each client's release charged, upload counted; in a fixed order."""
         if len(replies) < self.config.min_replies:
             raise TooFewReplies(f"round {plan.round}: {len(replies)} well-formed replies, min-replies is "
                                 f"{self.config.min_replies} ({len(self.rejected)} rejected so far, "
@@ -206,6 +206,11 @@ class Coordinator:
             self.record(plan, [reply.client], valid=len(replies), sampled=sampled,
                         dpsgd=reply.metrics.get("dpsgd"))
         self.upload_bytes = [reply_bytes(r) for r in replies]
+        return replies
+
+    def aggregate(self, plan: RoundPlan, replies: list[Reply], sampled: int) -> dict[str, np.ndarray]:
+        """New global weights (compact under the new mask) from well-formed replies."""
+        replies = self.accept(plan, replies, sampled)
         average = weighted_average([r.weights for r in replies], [r.examples for r in replies])
         dense = self.expand(average)
         if plan.prune:

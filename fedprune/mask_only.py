@@ -37,7 +37,7 @@ from fedprune.aggregation import select_layer_masks, select_mask
 from fedprune.bits import unflatten_masks, unpack
 from fedprune.compact import MalformedReply
 from fedprune.config import RunConfig
-from fedprune.coordinator import UNITS, Coordinator, Reply, TooFewReplies, reply_bytes
+from fedprune.coordinator import UNITS, Coordinator, Reply
 from fedprune.data import make_loader
 from fedprune.local import ClientResult, new_model, train_config
 from fedprune.masks import kept_count, prunable_parameters
@@ -230,14 +230,7 @@ class MaskOnlyCoordinator(Coordinator):
 
     def aggregate(self, plan: RoundPlan, replies: list[Reply], sampled: int) -> dict[str, np.ndarray]:
         """The next global keep-probabilities from well-formed replies (debiased mean of their samples)."""
-        if len(replies) < self.config.min_replies:
-            raise TooFewReplies(f"round {plan.round}: {len(replies)} well-formed replies, min-replies is "
-                                f"{self.config.min_replies} ({len(self.rejected)} rejected so far, "
-                                f"{self.dropouts} dropouts); lower min-replies or fix the failing clients")
-        replies = sorted(replies, key=lambda r: int(r.client))  # a fixed order: same sums on resume
-        for reply in replies:
-            self.record(plan, [reply.client], valid=len(replies), sampled=sampled)
-        self.upload_bytes = [reply_bytes(r) for r in replies]
+        replies = self.accept(plan, replies, sampled)
         if self.sampler is None:
             frequencies = np.mean([r.votes for r in replies], axis=0)
         else:
