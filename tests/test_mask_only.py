@@ -33,22 +33,9 @@ from fedprune.validation import ConfigError
 from server import checkpoint
 from server.strategy import FedPrune, to_record
 
-NODES = [11, 12, 13, 14]
+from tests.test_strategy import NODES, ListGrid, task_identity  # noqa: F401  (an autouse fixture)
+
 DELTA = 1e-5
-
-
-@pytest.fixture(autouse=True)
-def task_identity():
-    """Flower's runtime names the run and node of the process; do what it does."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
-    yield
-
-
-class ListGrid:
-    def get_node_ids(self):
-        return list(NODES)
 
 
 def small_config(**changes) -> RunConfig:
