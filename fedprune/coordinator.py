@@ -107,12 +107,7 @@ class Coordinator:
     def check_reply(self, plan: RoundPlan, weights: Mapping[str, np.ndarray], metrics: Mapping,
                     report: MaskReport | None, votes: np.ndarray | None) -> Reply:
         """The reply as a :class:`Reply`, or MalformedReply naming what is wrong."""
-        client = metrics.get("client-id")
-        if isinstance(client, bool) or not isinstance(client, int) or client < 0:
-            raise MalformedReply(f"metrics lack a client-id >= 0 (got {client!r})")
-        examples = metrics.get("num-examples")
-        if isinstance(examples, bool) or not isinstance(examples, int) or examples < 1:
-            raise MalformedReply(f"num-examples must be an integer >= 1, got {examples!r}")
+        client, examples = reply_identity(metrics)
         checked = check_compact(weights, compact_shapes(self.numpy_masks(), self.shapes))
         mechanism = mechanism_for(self.config, plan)
         if plan.report and mechanism is not None:
@@ -264,6 +259,17 @@ class Coordinator:
         self.accountant.load_state_dict(state["accountant"])
         self.mask_accountant.load_state_dict(state["mask_accountant"])
         self.rejected, self.dropouts = list(state["rejected"]), int(state["dropouts"])
+
+
+def reply_identity(metrics: Mapping) -> tuple[int, int]:
+    """(client id, examples) a reply's metrics must carry; MalformedReply otherwise."""
+    client = metrics.get("client-id")
+    if isinstance(client, bool) or not isinstance(client, int) or client < 0:
+        raise MalformedReply(f"metrics lack a client-id >= 0 (got {client!r})")
+    examples = metrics.get("num-examples")
+    if isinstance(examples, bool) or not isinstance(examples, int) or examples < 1:
+        raise MalformedReply(f"num-examples must be an integer >= 1, got {examples!r}")
+    return client, examples
 
 
 def reply_bytes(reply: Reply) -> int:

@@ -37,7 +37,7 @@ from fedprune.aggregation import select_layer_masks, select_mask
 from fedprune.bits import unflatten_masks, unpack
 from fedprune.compact import MalformedReply
 from fedprune.config import RunConfig
-from fedprune.coordinator import UNITS, Coordinator, Reply
+from fedprune.coordinator import UNITS, Coordinator, Reply, reply_identity
 from fedprune.data import make_loader
 from fedprune.local import ClientResult, new_model, train_config
 from fedprune.masks import kept_count, prunable_parameters
@@ -192,12 +192,7 @@ class MaskOnlyCoordinator(Coordinator):
     def check_reply(self, plan: RoundPlan, weights: Mapping[str, np.ndarray], metrics: Mapping,
                     report, votes) -> Reply:
         """The reply as a :class:`Reply`, or MalformedReply: it must carry one mask sample and no weights."""
-        client = metrics.get("client-id")
-        if isinstance(client, bool) or not isinstance(client, int) or client < 0:
-            raise MalformedReply(f"metrics lack a client-id >= 0 (got {client!r})")
-        examples = metrics.get("num-examples")
-        if isinstance(examples, bool) or not isinstance(examples, int) or examples < 1:
-            raise MalformedReply(f"num-examples must be an integer >= 1, got {examples!r}")
+        client, examples = reply_identity(metrics)
         if weights:
             raise MalformedReply(f"a mask-only reply carries no weights, got {sorted(weights)}")
         if self.sampler is not None:
