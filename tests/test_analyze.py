@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 import torch
+from run_folders import write_run_folder
 
 from fedprune.analysis import lipschitz_bound
 from fedprune.masks import density
 from fedprune.validation import ConfigError
-from tests.run_folders import write_run_folder
 
 
 @pytest.fixture(scope="module")

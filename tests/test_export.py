@@ -4,6 +4,7 @@ import struct
 
 import pytest
 import torch
+from run_folders import write_run_folder
 from torch import nn
 
 from fedprune import fpm
@@ -14,7 +15,6 @@ from fedprune.models import build_model
 from fedprune.pruning import compute_masks
 from fedprune.runtime import load
 from fedprune.validation import ConfigError
-from tests.run_folders import write_run_folder
 
 
 def pruned(*args, sparsity=0.9, **options):

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import sysconfig
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +18,20 @@ from fedprune.kernels import PATHS, Calibration, build, calibrate, candidates, n
 from fedprune.kernels.calibrate import torch_threads
 from fedprune.masks import block_masks, nm_masks
 from fedprune.validation import ConfigError
+
+
+def _native_expected() -> str:
+    """Why the compiled kernels may be absent here, or "" where the install must have built them."""
+    if os.environ.get("FEDPRUNE_NATIVE_KERNELS") == "0":
+        return "FEDPRUNE_NATIVE_KERNELS=0 forces the torch fallback"
+    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    if shutil.which(compiler) is None:
+        return f"no C compiler ({compiler}) here: the install falls back to torch's CSR"
+    return ""
+
+
+# a machine with a compiler must have built the kernels, so these fail there rather than skip
+needs_native = pytest.mark.skipif(bool(_native_expected()), reason=_native_expected() or "compiled kernels expected")
 
 
 @pytest.fixture(autouse=True)
@@ -122,10 +141,14 @@ def test_structures_are_detected():
     assert kernels.nm_pattern(n_of_m(8, 64, 2, 4, 0)) == (2, 4)
     assert kernels.nm_pattern(n_of_m(8, 64, 1, 8, 0)) == (1, 8)
     assert kernels.nm_pattern(unstructured(8, 64, 0.2, 0)) is None
-    assert build("nm", n_of_m(8, 64, 2, 4, 0)).bytes_read == 5 * 8 * 16 * 2
     weight = unstructured(16, 32, 0.9, 0)
     assert build("dense", weight).bytes_read == 4 * 16 * 32
     assert build("csr", weight).bytes_read == 8 * np.count_nonzero(weight) + 4 * 17
+
+
+@needs_native
+def test_nm_kernel_reads_values_and_one_byte_of_index_per_kept_weight():
+    assert build("nm", n_of_m(8, 64, 2, 4, 0)).bytes_read == 5 * 8 * 16 * 2
 
 
 def test_torch_tensor_and_float64_weights_are_taken():
@@ -183,12 +206,33 @@ def test_calibrate_picks_a_candidate_per_batch_size_and_restores_threads():
         calibrate(weight, threads=0)
 
 
-def test_paths_list_and_compiled_module():
+def test_paths_list():
     assert PATHS[:4] == ("dense", "csr", "block", "nm")
+
+
+@needs_native
+def test_install_with_a_compiler_built_the_compiled_module():
     assert native.library() is not None, "compiled kernels missing: run `pip install -e .` (needs a C compiler)"
+    assert not build("csr", unstructured(20, 24, 0.8, 9)).layout.endswith("(fallback)")
+
+
+def test_forced_fallback_is_silent_and_computes_the_layer(monkeypatch):
+    monkeypatch.setenv("FEDPRUNE_NATIVE_KERNELS", "0")
+    native.library.cache_clear()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert native.library() is None
+        assert native.describe() == "torch fallback (no compiled kernels)"
+        kernel = build("csr", unstructured(20, 24, 0.8, 9))
+        assert kernel.layout.endswith("(fallback)")
+        check_all_paths(unstructured(20, 24, 0.8, 9), batches=(1, 3), threads=(1,))
+    finally:
+        native.library.cache_clear()
 
 
 def test_missing_compiled_module_falls_back_with_one_warning(monkeypatch, tmp_path):
+    monkeypatch.delenv("FEDPRUNE_NATIVE_KERNELS", raising=False)
     monkeypatch.setattr(native, "_HERE", tmp_path)
     assert native._open()[0] is None
     native.library.cache_clear()

@@ -32,8 +32,9 @@ from fedprune.supermask import frozen_state
 from fedprune.validation import ConfigError
 from server import checkpoint
 from server.strategy import FedPrune, to_record
+from strategy_helpers import NODES, ListGrid
 
-from tests.test_strategy import NODES, ListGrid, task_identity  # noqa: F401  (an autouse fixture)
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 DELTA = 1e-5
 

@@ -1,77 +1,19 @@
 """The pruning strategy on real Flower messages from the real ClientApp handler, without a simulation engine.
 
-The grid below only lists node ids (the transport is tested in test_simulation.py); the
-messages, records, the ClientApp's train handler, the FedPrune strategy and its coordinator
-are the real ones.
+tests/strategy_helpers.py holds the grid and the calls these tests share with test_units.py.
 """
 
 import logging
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Error, Message, RecordDict
 from flwr.serverapp.exception import AggregationError, PrivacyBudgetExhausted
 
-import clients.app
 from fedprune import protocol
-from fedprune.config import RunConfig
-from fedprune.coordinator import Coordinator
-from fedprune.local import new_model
-from fedprune.masks import prunable_parameters
-from server.strategy import FedPrune, to_record
+from strategy_helpers import client_reply, replace_arrays, request_for, setup, small_config
 
-NODES = [11, 12, 13, 14]
-
-
-@pytest.fixture(autouse=True)
-def task_identity():
-    """Flower's runtime names the run and node of the process; do what it does."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
-    yield
-
-
-class ListGrid:
-    """Just enough of a Grid for FedAvg's node sampling."""
-
-    def get_node_ids(self):
-        return list(NODES)
-
-
-def small_config(**changes) -> RunConfig:
-    settings = dict(dataset="digits", model="mlp", num_clients=4, min_replies=2, num_server_rounds=3,
-                    schedule="oneshot", prune_start=1, prune_end=1, target_sparsity=0.5, privacy_seed=3,
-                    epsilon_per_decision=1.0, batch_size=64)
-    settings.update(changes)
-    return RunConfig(**settings)
-
-
-def setup(config):
-    model = new_model(config)
-    state = {name: value.detach().numpy() for name, value in model.state_dict().items()}
-    coordinator = Coordinator(config, {n: v.shape for n, v in state.items()}, list(prunable_parameters(model)))
-    strategy = FedPrune(coordinator, fraction_train=1.0, min_train_nodes=len(NODES), min_available_nodes=len(NODES))
-    messages = list(strategy.configure_train(1, to_record(coordinator.compact(state)), ConfigRecord(), ListGrid()))
-    return coordinator, strategy, messages
-
-
-def client_reply(message: Message, partition: int) -> Message:
-    context = Context(run_id=1, node_id=message.metadata.dst_node_id, state=RecordDict(), run_config={},
-                      node_config={"partition-id": partition, "num-partitions": len(NODES)})
-    return clients.app.train(message, context)
-
-
-def replace_arrays(reply: Message, change) -> Message:
-    arrays = {name: array.numpy() for name, array in reply.content[protocol.ARRAYS].items()}
-    change(arrays)
-    content = RecordDict(dict(reply.content))
-    content[protocol.ARRAYS] = ArrayRecord({name: Array(np.asarray(v)) for name, v in arrays.items()})
-    return Message(content=content, reply_to=_request(reply))
-
-
-def _request(reply: Message) -> Message:
-    return Message(content=RecordDict(), dst_node_id=reply.metadata.src_node_id, message_type="train")
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 def test_private_round_sends_only_encoded_masks_and_prunes():
@@ -137,9 +79,9 @@ def test_bad_reports_missing_records_and_dropouts_are_rejected():
     report["mechanism"] = "oue"
     other_mechanism[protocol.REPORT] = ConfigRecord(report)
     no_metrics = RecordDict({protocol.ARRAYS: replies[2].content[protocol.ARRAYS]})
-    broken = [Message(content=c, reply_to=_request(r)) for c, r in
+    broken = [Message(content=c, reply_to=request_for(r)) for c, r in
               [(wrong_length, replies[0]), (other_mechanism, replies[1]), (no_metrics, replies[2])]]
-    dropout = Message(Error(code=0, reason="client crashed"), reply_to=_request(replies[3]))
+    dropout = Message(Error(code=0, reason="client crashed"), reply_to=request_for(replies[3]))
     with pytest.raises(AggregationError, match="0 well-formed replies, min-replies is 2"):
         strategy.aggregate_train(1, broken + [dropout])
     reasons = " | ".join(r["reason"] for r in coordinator.rejected)
@@ -150,7 +92,7 @@ def test_bad_reports_missing_records_and_dropouts_are_rejected():
 def test_round_completes_with_enough_replies_after_a_dropout():
     coordinator, strategy, messages = setup(small_config())
     replies = [client_reply(m, i) for i, m in enumerate(messages[:3])]
-    dropout = Message(Error(code=0, reason="timeout"), reply_to=_request(replies[0]))
+    dropout = Message(Error(code=0, reason="timeout"), reply_to=request_for(replies[0]))
     _, metrics = strategy.aggregate_train(1, replies + [dropout])
     assert metrics["valid-replies"] == 3 and coordinator.dropouts == 1
 

@@ -13,7 +13,9 @@ from fedprune.masks import as_units, prunable_parameters
 from fedprune.privacy.closed_form import rr_composition_epsilon
 from fedprune.units import alive_units, plan_sizes, unit_counts
 from fedprune.validation import ConfigError
-from tests.test_strategy import client_reply, setup, small_config, task_identity  # noqa: F401  (fixture)
+from strategy_helpers import client_reply, setup, small_config
+
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 def units_config(**changes) -> RunConfig:
