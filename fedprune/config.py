@@ -13,6 +13,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from fedprune.privacy import weight_channel
 from fedprune.schedules import Constant, Geometric, OneShot, Polynomial, Schedule
 from fedprune.validation import ConfigError, finite, pick, positive, positive_int, probability, sparsity
 
@@ -21,12 +22,7 @@ METHODS = {
     "server-magnitude": "no mask reports: the server prunes the averaged model by magnitude (no privacy cost)",
     "dense": "no pruning: plain FedAvg, the baseline",
 }
-WEIGHT_CHANNELS = {
-    "clear": "weight updates sent without DP (no end-to-end client-level guarantee)",
-    "server-clipping": "Flower's DifferentialPrivacyServerSideFixedClipping: Gaussian noise on the averaged update",
-    "client-clipping": "Flower's DifferentialPrivacyClientSideFixedClipping with fixedclipping_mod on clients",
-    "dpsgd": "Opacus DP-SGD on every client (record-level)",
-}
+WEIGHT_CHANNELS = weight_channel.CHANNELS
 MODES = {"default": "clients send weights and mask reports",
          "mask-only": "weights frozen at the seed's initialisation; clients send only privatized mask samples"}
 # Settings a mode changes when they are not given (from_mapping: `fedprune run`, not pyproject's full table).

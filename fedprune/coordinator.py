@@ -7,6 +7,13 @@ mask are, what every release costs) lives here, testable without Flower.
 Ledgers are keyed by the client id a reply names (its partition id), which stays the same when
 a run is resumed, unlike Flower's node ids. A reply the server received counts against its
 client's budget even when it is rejected as malformed: the server saw it.
+
+What a reply may carry is what the ledger counts: weights through the run's weight channel
+(``fedprune.privacy.weight_channel``), the mask report through its mechanism, and metrics only
+where they cost nothing (the client id, public; the example count where the channel uses it and
+it is public in the unit claimed) or where nothing is protected anyway. A reply with any other
+metric is rejected. Everything the server publishes is computed from the channel's (noised)
+average and the privatized reports.
 """
 
 from __future__ import annotations
@@ -18,20 +25,22 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fedprune.aggregation import weighted_average
+from fedprune import protocol
 from fedprune.bits import flatten_masks, pack, unflatten_masks, unpack
 from fedprune.compact import MalformedReply, check_compact, compact, compact_shapes, expand
 from fedprune.config import RunConfig
 from fedprune.masks import density, full_masks
-from fedprune.privacy import events
+from fedprune.privacy import weight_channel
 from fedprune.privacy.accountant import Accountant
 from fedprune.privacy.mechanisms import MaskReport
 from fedprune.privacy.rng import privacy_rng
+from fedprune.privacy.statement import statement
 from fedprune.rounds import (RoundPlan, check_federated, mask_events, mechanism_for, next_global_masks, plan_round,
                              server_scores)
 from fedprune.validation import ConfigError
 
 UNITS = ("record", "client")
+WEIGHT_NOISE_STREAM = (0, 1)  # privacy_rng stream suffix of the server's weight noise (clients use (round, id))
 RESUMABLE = ("num-server-rounds", "resume", "run-name", "output-dir")  # may change when a run resumes
 
 
@@ -48,7 +57,7 @@ class Reply:
     """A client's reply after the server's checks."""
 
     client: str
-    examples: int
+    examples: int | None  # None where the weight channel does not weight by examples (then it is not sent)
     weights: dict[str, np.ndarray]
     report: MaskReport | None
     votes: np.ndarray | None
@@ -68,6 +77,8 @@ class Coordinator:
             raise ConfigError(f"prunable tensors {missing} are not in the model's state")
         self.masks = full_masks({name: torch.empty(self.shapes[name]) for name in prunable})
         self.sparsity = 0.0
+        self.weight_channel = weight_channel.build(config.weight_channel, config.noise_multiplier,
+                                                   config.clipping_norm)
         self.accountant = Accountant()
         self.mask_accountant = Accountant()  # the mask channel alone, shown beside the end-to-end figures
         self.rejected: list[dict] = []
@@ -107,7 +118,7 @@ class Coordinator:
     def check_reply(self, plan: RoundPlan, weights: Mapping[str, np.ndarray], metrics: Mapping,
                     report: MaskReport | None, votes: np.ndarray | None) -> Reply:
         """The reply as a :class:`Reply`, or MalformedReply naming what is wrong."""
-        client, examples = reply_identity(metrics)
+        client, examples = self.reply_identity(metrics)
         checked = check_compact(weights, compact_shapes(self.numpy_masks(), self.shapes))
         mechanism = mechanism_for(self.config, plan)
         if plan.report and mechanism is not None:
@@ -135,34 +146,41 @@ class Coordinator:
         """Count a malformed reply (its release still counts: the server received it)."""
         self.rejected.append({"round": plan.round, "client": client, "reason": reason})
         if client is not None:
-            self.record(plan, [client], valid=0, sampled=1)
+            self.record(plan, [client])
+
+    def reply_identity(self, metrics: Mapping) -> tuple[int, int | None]:
+        """(client id, examples or None) of a reply whose metrics are exactly what this run may receive."""
+        allowed = {protocol.CLIENT_ID}
+        if self.weight_channel.uses_examples:
+            allowed.add(protocol.NUM_EXAMPLES)
+        if self.weight_channel.plain_metrics:
+            allowed.update(protocol.PLAIN_METRICS)
+        if self.weight_channel.name == "dpsgd":
+            allowed.update(protocol.DPSGD_KEYS + ("dpsgd",))
+        extra = sorted(set(metrics) - allowed)
+        if extra:
+            raise MalformedReply(f"metrics {extra} are not counted by this run's guarantee (weight channel "
+                                 f"{self.weight_channel.name}); a client sends only {sorted(allowed)}")
+        return reply_identity(metrics, examples=self.weight_channel.uses_examples)
 
     # --- privacy ----------------------------------------------------------------------------
 
-    def round_events(self, plan: RoundPlan, valid: int, sampled: int, dpsgd: Mapping | None = None):
-        """(event, units) pairs one participating client releases this round."""
-        out = [(event, UNITS) for event in mask_events(self.config, plan)]
-        channel = self.config.weight_channel
-        if self.config.mode == "mask-only":
-            return out
-        if channel == "clear":
-            out.append((events.Unprotected("weight updates sent in the clear"), UNITS))
-        elif channel in ("server-clipping", "client-clipping"):
-            # Flower scales the noise to the sampled count but averages over the replies that came:
-            # with fewer replies the effective noise multiplier is smaller.
-            effective = self.config.noise_multiplier * max(valid, 1) / max(sampled, 1)
-            out.append((events.Gaussian(min(effective, self.config.noise_multiplier)), UNITS))
-        else:  # dpsgd: record level from the client's own accountant; no client-level guarantee
-            out.append((events.Unprotected("DP-SGD protects records, not whole clients"), ("client",)))
-            for noise, rate, steps in (dpsgd or {}).get("history", []):
-                out.append((events.Gaussian(noise, rate, int(steps)), ("record",)))
-        return out
+    def round_events(self, plan: RoundPlan, dpsgd: Mapping | None = None):
+        """(event, units) pairs one participating client releases this round.
 
-    def record(self, plan: RoundPlan, clients: list[str], valid: int, sampled: int, dpsgd=None) -> None:
-        for event, units in self.round_events(plan, valid, sampled, dpsgd):
+        None depends on how many clients reply: weight noise is scaled to the sum, vote noise too.
+        """
+        return mask_events(self.config, plan) + self.weight_channel.events(dpsgd)
+
+    def record(self, plan: RoundPlan, clients: list[str], dpsgd=None) -> None:
+        for event, units in self.round_events(plan, dpsgd):
             self.accountant.record(event, units=units, clients=clients)
-        for event in mask_events(self.config, plan):
-            self.mask_accountant.record(event, units=UNITS, clients=clients)
+        for event, units in mask_events(self.config, plan):
+            self.mask_accountant.record(event, units=units, clients=clients)
+
+    def privacy(self) -> dict:
+        """The privacy statement: per channel and end to end, per unit, and whom each figure holds against."""
+        return statement(self.config, self.weight_channel, self.accountant, self.mask_accountant)
 
     def epsilon(self, mask_channel: bool = False) -> dict[str, float | None]:
         """The worst client's epsilon at the run's delta, per unit (None: no guarantee).
@@ -172,14 +190,19 @@ class Coordinator:
         ledger = self.mask_accountant if mask_channel else self.accountant
         return {unit: ledger.epsilon(self.config.delta, unit) for unit in UNITS}
 
-    def check_budget(self, plan: RoundPlan, sampled: int) -> None:
-        """BudgetExhausted if this round would take any client past ``budget-epsilon`` (client unit)."""
+    def check_budget(self, plan: RoundPlan) -> None:
+        """BudgetExhausted if this round would take any client past ``budget-epsilon`` (in ``unit``).
+
+        The preview charges every client the round's full releases; no release costs more when fewer
+        clients reply (see ``round_events``), so an accepted round never overspends. DP-SGD releases are
+        reported by the clients afterwards: the preview cannot see them (DP-SGD's own budget is Opacus's).
+        """
         budget = self.config.budget_epsilon
         if budget <= 0:
             return
         preview = self.accountant.copy()
         clients = list(preview.clients) or ["any"]
-        for event, units in self.round_events(plan, sampled, sampled):
+        for event, units in self.round_events(plan):
             preview.record(event, units=units, clients=clients + ["new"])
         spent = preview.epsilon(self.config.delta, self.config.unit)
         if spent is None or spent > budget:
@@ -190,7 +213,7 @@ class Coordinator:
 
     # --- aggregation ------------------------------------------------------------------------
 
-    def accept(self, plan: RoundPlan, replies: list[Reply], sampled: int) -> list[Reply]:
+    def accept(self, plan: RoundPlan, replies: list[Reply]) -> list[Reply]:
         """Enough well-formed replies, each client's release charged, upload counted; in a fixed order."""
         if len(replies) < self.config.min_replies:
             raise TooFewReplies(f"round {plan.round}: {len(replies)} well-formed replies, min-replies is "
@@ -198,15 +221,20 @@ class Coordinator:
                                 f"{self.dropouts} dropouts); lower min-replies or fix the failing clients")
         replies = sorted(replies, key=lambda r: int(r.client))  # a fixed order: same sums on resume
         for reply in replies:
-            self.record(plan, [reply.client], valid=len(replies), sampled=sampled,
-                        dpsgd=reply.metrics.get("dpsgd"))
+            self.record(plan, [reply.client], dpsgd=reply.metrics.get("dpsgd"))
         self.upload_bytes = [reply_bytes(r) for r in replies]
         return replies
 
-    def aggregate(self, plan: RoundPlan, replies: list[Reply], sampled: int) -> dict[str, np.ndarray]:
-        """New global weights (compact under the new mask) from well-formed replies."""
-        replies = self.accept(plan, replies, sampled)
-        average = weighted_average([r.weights for r in replies], [r.examples for r in replies])
+    def aggregate(self, plan: RoundPlan, replies: list[Reply], sent: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """New global weights (compact under the new mask) from well-formed replies to the model ``sent``.
+
+        The weight channel averages (and noises) first; the new mask and its tie-breaks are computed
+        from that average only.
+        """
+        replies = self.accept(plan, replies)
+        seed = self.config.privacy_seed
+        rng = privacy_rng(None if seed < 0 else seed, stream=(plan.round, *WEIGHT_NOISE_STREAM))
+        average = self.weight_channel.combine(sent, [r.weights for r in replies], [r.examples for r in replies], rng)
         dense = self.expand(average)
         if plan.prune:
             magnitudes = np.abs(flatten_weights(dense, self.masks))
@@ -261,12 +289,14 @@ class Coordinator:
         self.rejected, self.dropouts = list(state["rejected"]), int(state["dropouts"])
 
 
-def reply_identity(metrics: Mapping) -> tuple[int, int]:
-    """(client id, examples) a reply's metrics must carry; MalformedReply otherwise."""
-    client = metrics.get("client-id")
+def reply_identity(metrics: Mapping, *, examples: bool = True) -> tuple[int, int | None]:
+    """(client id, examples) a reply's metrics must carry (examples only when asked); MalformedReply otherwise."""
+    client = metrics.get(protocol.CLIENT_ID)
     if isinstance(client, bool) or not isinstance(client, int) or client < 0:
         raise MalformedReply(f"metrics lack a client-id >= 0 (got {client!r})")
-    examples = metrics.get("num-examples")
+    if not examples:
+        return client, None
+    examples = metrics.get(protocol.NUM_EXAMPLES)
     if isinstance(examples, bool) or not isinstance(examples, int) or examples < 1:
         raise MalformedReply(f"num-examples must be an integer >= 1, got {examples!r}")
     return client, examples

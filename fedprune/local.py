@@ -16,17 +16,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedprune import protocol
 from fedprune.compact import compact, expand
 from fedprune.config import RunConfig
 from fedprune.data import load_dataset, make_loader, partition
 from fedprune.masks import prunable_parameters
 from fedprune.models import build_model
+from fedprune.privacy import weight_channel
 from fedprune.privacy.mechanisms import MaskReport
 from fedprune.rounds import RoundPlan, encode_local_mask, local_mask_bits
+from fedprune.scorers import DATA_SCORERS
 from fedprune.training import TrainConfig, gradient_statistics, train
 from fedprune.validation import ConfigError
-
-NEEDS_GRADIENTS = {"taylor": "grads", "obd": "fisher"}
 
 
 @dataclass(frozen=True)
@@ -86,18 +87,22 @@ def client_round(config: RunConfig, plan: RoundPlan, model: nn.Module, global_we
     x, y = examples
     loader = make_loader(x, y, config.batch_size, shuffle=True, generator=generator)
     trained = train(model, loader, train_config(config), masks=dict(global_masks), dp=dp, generator=generator)
-    metrics = {"num-examples": int(len(y)), "train-loss": float(trained["loss"]), "client-id": int(client)}
+    channel = weight_channel.build(config.weight_channel, config.noise_multiplier, config.clipping_norm)
+    metrics = {protocol.CLIENT_ID: int(client)}  # what else is sent is what the run's guarantee allows
+    if channel.uses_examples:
+        metrics[protocol.NUM_EXAMPLES] = int(len(y))
 
     report, votes = None, None
     if plan.report:
         params = {name: p.detach() for name, p in prunable_parameters(model).items()}
         extra = {}
-        if config.scorer in NEEDS_GRADIENTS:
+        if config.scorer in DATA_SCORERS:
             grads, fisher = gradient_statistics(model, make_loader(x, y, config.batch_size, shuffle=False))
             extra = {"grads": grads} if config.scorer == "taylor" else {"fisher": fisher}
         bits = local_mask_bits(config, plan, params, global_masks, generator=generator, **extra)
         report, votes = encode_local_mask(config, plan, bits, privacy_rng, client)
 
     weights = compact({name: value.detach().numpy() for name, value in model.state_dict().items()}, numpy_masks)
-    metrics["train-seconds"] = time.perf_counter() - started
+    if channel.plain_metrics:
+        metrics.update({"train-loss": float(trained["loss"]), "train-seconds": time.perf_counter() - started})
     return ClientResult(weights=weights, report=report, exact_votes=votes, metrics=metrics)

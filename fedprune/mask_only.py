@@ -5,8 +5,8 @@ Weights stay frozen at the seeded initialisation every party rebuilds
 (one per prunable weight); a client starts its scores at their logits, trains them on its data
 (``fedprune.supermask.ScoreModel``), and replies with one Bernoulli sample of its
 keep-probabilities, clipped to [q, 1 - q] so the sample is randomized response at eps per weight
-(``fedprune.supermask.ClippedBernoulli``), and its metrics. No weight, score or probability
-leaves the client.
+(``fedprune.supermask.ClippedBernoulli``), and its client id (public: the server sees who took part).
+No weight, score, probability, loss, time or example count leaves the client.
 
 The server (:class:`MaskOnlyCoordinator`, the interface the strategy and driver use for the
 default mode) checks each reply, tallies the samples and debiases them, (y - q) / (1 - 2q), into
@@ -27,12 +27,12 @@ unclipped and there is no guarantee (None).
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Mapping
 
 import numpy as np
 import torch
 
+from fedprune import protocol
 from fedprune.aggregation import select_layer_masks, select_mask
 from fedprune.bits import unflatten_masks, unpack
 from fedprune.compact import MalformedReply
@@ -93,7 +93,6 @@ def client_round_mask_only(config: RunConfig, plan: RoundPlan, probabilities: Ma
                            examples: tuple[np.ndarray, np.ndarray], *, client: int, generator: torch.Generator,
                            privacy_rng: np.random.Generator) -> ClientResult:
     """Train scores from the global ``probabilities`` on ``examples``; reply with a privatized mask sample only."""
-    started = time.perf_counter()
     model = new_model(config)
     names = list(prunable_parameters(model))
     frozen = frozen_state(config)
@@ -106,16 +105,15 @@ def client_round_mask_only(config: RunConfig, plan: RoundPlan, probabilities: Ma
                           f"{length}: client and server run different models or settings")
     scores = ScoreModel(model, frozen, {name: torch.from_numpy(start[name]) for name in names}, groups)
     x, y = examples
-    loss = scores.train(make_loader(x, y, config.batch_size, shuffle=True, generator=generator),
-                        train_config(config), generator)
+    scores.train(make_loader(x, y, config.batch_size, shuffle=True, generator=generator),
+                 train_config(config), generator)
     with torch.no_grad():
         theta = np.concatenate([p.double().reshape(-1).numpy() for p in scores.keep_probabilities().values()])
     sampler = sampler_for(config, length)
     report = sampler.sample(theta, privacy_rng) if sampler is not None else None
     votes = exact_sample(theta, privacy_rng) if sampler is None else None
-    metrics = {"num-examples": int(len(y)), "train-loss": float(loss), "client-id": int(client),
-               "train-seconds": time.perf_counter() - started}
-    return ClientResult(weights={}, report=report, exact_votes=votes, metrics=metrics)
+    # the mask sample is the only release: no loss, time or example count leaves the client
+    return ClientResult(weights={}, report=report, exact_votes=votes, metrics={protocol.CLIENT_ID: int(client)})
 
 
 def _check_probabilities(values: Mapping[str, np.ndarray], shapes: Mapping[str, tuple[int, ...]]):
@@ -156,6 +154,7 @@ class MaskOnlyCoordinator(Coordinator):
         self.tie_break = np.random.default_rng(config.seed).random(self.length)  # public, fixed for the run
         self.masks = self.final_masks(self.compact({}))
         self.sparsity = float(config.target_sparsity)
+        self.weight_channel = None  # no weights travel
 
     def plan(self, round: int) -> RoundPlan:
         return plan_mask_only(self.config, round, self.length, self.kept)
@@ -192,7 +191,7 @@ class MaskOnlyCoordinator(Coordinator):
     def check_reply(self, plan: RoundPlan, weights: Mapping[str, np.ndarray], metrics: Mapping,
                     report, votes) -> Reply:
         """The reply as a :class:`Reply`, or MalformedReply: it must carry one mask sample and no weights."""
-        client, examples = reply_identity(metrics)
+        client, examples = self.reply_identity(metrics)
         if weights:
             raise MalformedReply(f"a mask-only reply carries no weights, got {sorted(weights)}")
         if self.sampler is not None:
@@ -213,19 +212,27 @@ class MaskOnlyCoordinator(Coordinator):
 
     # --- privacy ----------------------------------------------------------------------------------
 
-    def round_events(self, plan: RoundPlan, valid: int, sampled: int, dpsgd: Mapping | None = None):
+    def reply_identity(self, metrics: Mapping) -> tuple[int, None]:
+        """(client id, None): a mask-only reply's metrics hold its client id and nothing else."""
+        extra = sorted(set(metrics) - {protocol.CLIENT_ID})
+        if extra:
+            raise MalformedReply(f"metrics {extra} are not counted by mask-only's guarantee: a client sends only "
+                                 f"{protocol.CLIENT_ID!r} beside its mask sample")
+        return reply_identity(metrics, examples=False)
+
+    def round_events(self, plan: RoundPlan, dpsgd: Mapping | None = None):
         return [(event, UNITS) for event in report_events(self.sampler)]
 
-    def record(self, plan: RoundPlan, clients: list[str], valid: int, sampled: int, dpsgd=None) -> None:
-        for event, units in self.round_events(plan, valid, sampled):
+    def record(self, plan: RoundPlan, clients: list[str], dpsgd=None) -> None:
+        for event, units in self.round_events(plan):
             self.accountant.record(event, units=units, clients=clients)
             self.mask_accountant.record(event, units=units, clients=clients)  # the same channel: all there is
 
     # --- aggregation ------------------------------------------------------------------------------
 
-    def aggregate(self, plan: RoundPlan, replies: list[Reply], sampled: int) -> dict[str, np.ndarray]:
+    def aggregate(self, plan: RoundPlan, replies: list[Reply], sent=None) -> dict[str, np.ndarray]:
         """The next global keep-probabilities from well-formed replies (debiased mean of their samples)."""
-        replies = self.accept(plan, replies, sampled)
+        replies = self.accept(plan, replies)
         if self.sampler is None:
             frequencies = np.mean([r.votes for r in replies], axis=0)
         else:

@@ -31,10 +31,13 @@ METRICS = "metrics"    # MetricRecord: examples, losses, timings
 
 VOTES = "votes"        # in REPORT: exact packed votes, when reports are not private
 
-NUM_EXAMPLES = "num-examples"   # Flower's FedAvg weights replies by this metric
+CLIENT_ID = "client-id"         # in METRICS: the partition id, which keys the client's ledger (public)
+NUM_EXAMPLES = "num-examples"   # in METRICS where the weight channel averages by example count
+PLAIN_METRICS = ("train-loss", "train-seconds")  # in METRICS only where nothing a client sends is protected
 SERVER_ROUND = "server-round"   # Flower's FedAvg injects it into every config
 PLAN_PREFIX = "plan."           # the round's plan travels as plan.<field> keys in CONFIG
-FLOWER_KEYS = (SERVER_ROUND, "clipping_norm")  # set by FedAvg and by Flower's DP wrappers
+CLIPPING_NORM = "clipping_norm"  # Flower's fixedclipping_mod reads it: sent under weight channel client-clipping
+FLOWER_KEYS = (SERVER_ROUND, CLIPPING_NORM)  # keys Flower's FedAvg and clipping mod own
 
 MASK_BITS, MASK_LENGTH = "mask.packed", "mask.length"
 _ARRAY_PREFIX = "array."

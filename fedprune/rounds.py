@@ -26,10 +26,11 @@ from fedprune.bits import flatten_masks, pack, unflatten_masks
 from fedprune.config import RunConfig
 from fedprune.distributions import get_distribution
 from fedprune.masks import kept_count
-from fedprune.privacy import events
+from fedprune.privacy import events, weight_channel
 from fedprune.privacy.mechanisms import Mechanism, epsilon_for_decision, make_mechanism
 from fedprune.privacy.spec import ReportSpec
 from fedprune.pruning import compute_masks
+from fedprune.scorers import DATA_SCORERS
 from fedprune.validation import ConfigError
 
 FEDERATED_STRUCTURES = ("unstructured", "units")
@@ -183,14 +184,30 @@ def server_scores(config: RunConfig, magnitudes: np.ndarray, global_masks: Mappi
     return magnitudes if config.regrowth else magnitudes[flatten_masks(dict(global_masks))]
 
 
-def mask_events(config: RunConfig, plan: RoundPlan) -> list[events.Event]:
-    """What one client's mask report releases this round (nothing outside pruning rounds)."""
+def mask_events(config: RunConfig, plan: RoundPlan) -> list[tuple[events.Event, tuple[str, ...]]]:
+    """(event, units) one client's mask report releases this round (nothing outside pruning rounds).
+
+    In a unit where the client's trained weights are already a DP output (DP-SGD: record level) and
+    the scorer reads only the weights, the mask is post-processing of them and costs nothing more.
+    """
     if not plan.report:
         return []
     mechanism = mechanism_for(config, plan)
-    if mechanism is None:
-        return [events.Unprotected("exact mask votes sent without privacy")]
-    return [mechanism.event()]
+    event = events.Unprotected("exact mask votes sent without privacy") if mechanism is None else mechanism.event()
+    free = mask_post_processing_units(config)
+    charged = tuple(unit for unit in events.UNITS if unit not in free)
+    out = [(event, charged)] if charged else []
+    if free:
+        out.append((events.PostProcessing(f"mask reports scored by {config.scorer} from the {config.weight_channel}-"
+                                          "trained weights alone"), free))
+    return out
+
+
+def mask_post_processing_units(config: RunConfig) -> tuple[str, ...]:
+    """Units in which a client's local mask is post-processing of its protected weights (free)."""
+    if config.scorer in DATA_SCORERS:
+        return ()
+    return weight_channel.build(config.weight_channel, config.noise_multiplier, config.clipping_norm).protects_weights
 
 
 def check_federated(config: RunConfig) -> None:

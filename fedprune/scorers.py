@@ -90,6 +90,9 @@ SCORERS: dict[str, Scorer] = {
 }
 UNIT_SCORERS = frozenset({"l1_units", "l2_units"})
 """Scorers that return one score per output unit instead of one per weight."""
+DATA_SCORERS = {"taylor": "grads", "obd": "fisher"}
+"""Scorers that read the data (gradients, Fisher information), with what they need: their masks are new
+releases of the data, never post-processing of protected weights."""
 
 
 def get_scorer(name: str) -> Scorer:

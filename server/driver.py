@@ -17,8 +17,6 @@ from pathlib import Path
 import torch
 from flwr.serverapp import Grid
 from flwr.serverapp.exception import AggregationError, PrivacyBudgetExhausted
-from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping, \
-    DifferentialPrivacyServerSideFixedClipping
 
 from fedprune.config import RunConfig
 from fedprune.coordinator import Coordinator
@@ -26,11 +24,11 @@ from fedprune.data import make_loader
 from fedprune.local import run_dataset, new_model
 from fedprune.mask_only import MaskOnlyCoordinator
 from fedprune.masks import prunable_parameters
-from fedprune.privacy import replay
+from fedprune.privacy import replay, statement
 from fedprune.privacy.rng import RandomnessSource
 from fedprune.training import evaluate
 from server import checkpoint, report
-from server.strategy import FedPrune, RejectMalformed, from_record, to_record
+from server.strategy import FedPrune, from_record, to_record
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -44,18 +42,11 @@ def run_folder(config: RunConfig) -> Path:
     return folder
 
 
-def build_strategy(config: RunConfig, coordinator: Coordinator, offset: int):
-    """FedPrune, wrapped in Flower's DP wrapper when the weight channel asks for one."""
+def build_strategy(config: RunConfig, coordinator: Coordinator, offset: int) -> FedPrune:
+    """FedPrune; its coordinator runs the weight channel (DP-FedAvg included, see server/strategy.py)."""
     sampled = max(2, math.ceil(config.fraction_train * config.num_clients))
-    inner = FedPrune(coordinator, round_offset=offset, fraction_train=config.fraction_train,
-                     min_train_nodes=min(sampled, config.num_clients), min_available_nodes=config.num_clients)
-    wrappers = {"server-clipping": DifferentialPrivacyServerSideFixedClipping,
-                "client-clipping": DifferentialPrivacyClientSideFixedClipping}
-    if config.weight_channel not in wrappers:
-        return inner
-    dp = wrappers[config.weight_channel](inner, noise_multiplier=config.noise_multiplier,
-                                         clipping_norm=config.clipping_norm, num_sampled_clients=sampled)
-    return RejectMalformed(dp, inner)
+    return FedPrune(coordinator, round_offset=offset, fraction_train=config.fraction_train,
+                    min_train_nodes=min(sampled, config.num_clients), min_available_nodes=config.num_clients)
 
 
 class RoundLog:
@@ -92,10 +83,9 @@ class RoundLog:
         if server_round > 0:
             checkpoint.save(self.folder, round, weights, self.coordinator.state_dict())
         self.last = line
-        eps = line["epsilon"][self.config.unit]
+        privacy = statement.short(self.config, self.coordinator.privacy())
         self.progress(f"round {round:>3}/{self.config.num_server_rounds}  accuracy {result['accuracy']:.4f}  "
-                      f"density {line['density']:.3f}  eps({self.config.unit}) "
-                      f"{'none' if eps is None else f'{eps:.3g}'}  rejected {line['rejected']}")
+                      f"density {line['density']:.3f}  {privacy}  rejected {line['rejected']}")
         return None
 
 

@@ -17,7 +17,7 @@ def summary(config: RunConfig, coordinator: Coordinator, lines: list[dict], seco
     final = lines[-1] if lines else {}
     uploads = [size for line in lines for size in line.get("upload_bytes", [])]
     dense_values = sum(math.prod(shape) for shape in coordinator.shapes.values())
-    mask_only = config.mode == "mask-only"  # nothing but mask samples leave a client: their epsilon is end to end
+    mask_only = config.mode == "mask-only"  # only mask samples and the client id leave a client
     out = {
         "final_accuracy": final.get("accuracy"),
         "density": coordinator.density(),
@@ -28,6 +28,7 @@ def summary(config: RunConfig, coordinator: Coordinator, lines: list[dict], seco
         "epsilon": coordinator.epsilon(),
         "mask_channel_epsilon": coordinator.epsilon(mask_channel=True),
         "delta": config.delta,
+        "privacy": coordinator.privacy(),
         "mechanism": coordinator.mechanism_summary() if mask_only else _mechanism(config, coordinator),
         "weight_channel": {"name": "none", "meaning": "mask-only: weights stay frozen at the seed, never sent"}
         if mask_only else {"name": config.weight_channel, "meaning": WEIGHT_CHANNELS[config.weight_channel]},
@@ -63,6 +64,30 @@ def write(folder: Path, summary: dict, lines: list[dict]) -> None:
     """report.md and the plots beside it."""
     plots = _plots(folder, lines)
     (folder / "report.md").write_text(_markdown(summary, lines, plots))
+
+
+def _privacy_markdown(privacy: dict) -> list[str]:
+    """Per unit: the end-to-end figure, its trust model and whom it holds against; then each channel's trust."""
+    fmt = lambda v: "none" if v is None else f"{v:.4g}"  # noqa: E731
+    out = ["## Privacy", "", f"Delta {privacy['delta']:g}; replace-one neighbours; the run declared unit "
+                             f"**{privacy['unit']}**.", "",
+           "| unit | end-to-end epsilon | trust model | holds against | against the server | why none |",
+           "|---|---|---|---|---|---|"]
+    for unit, figure in privacy["end_to_end"].items():
+        out.append(f"| {unit} | {fmt(figure['epsilon'])} | {figure['trust_model']} | {figure['holds_against']} | "
+                   f"{fmt(privacy['against_the_server'][unit])} | {'; '.join(figure['why_none']) or '-'} |")
+    out += ["", "| channel | record level | client level |", "|---|---|---|"]
+    for name, channel in privacy["channels"].items():
+        cells = [f"{channel[unit]['trust_model']}" + (f", eps {fmt(channel['epsilon'][unit])}" if "epsilon" in channel
+                                                      else "") for unit in ("record", "client")]
+        out.append(f"| {name}{' (' + ', '.join(channel['sent']) + ')' if 'sent' in channel else ''} | "
+                   f"{cells[0]} | {cells[1]} |")
+    free = sorted({what for figure in privacy["end_to_end"].values() for what in figure["post_processing"]})
+    if free:
+        out += ["", "Free as post-processing of protected values: " + "; ".join(free) + "."]
+    out += ["", "Trust models: " + " ".join(f"**{name}**: {meaning}." for name, meaning in
+                                            privacy["trust_models"].items())]
+    return out
 
 
 def _plots(folder: Path, lines: list[dict]) -> list[str]:
@@ -138,11 +163,9 @@ def _markdown(summary: dict, lines: list[dict], plots: list[str]) -> str:
                     f"per report {mechanism.get('epsilon_per_report')}."]
     if "mask_only" in summary:
         mode = summary["mask_only"]
-        out += ["", "Mode **mask-only**: nothing but the mask samples leaves a client, so the mask channel's epsilon "
-                    f"is the end-to-end one. Frozen weights: {mode['frozen_weights']}. Server: {mode['aggregation']}. "
-                    f"Final model: {mode['final_mask']}."]
-    if eps["client"] is None:
-        out += ["", "No end-to-end client-level guarantee: something a client sends (see the weight channel) is "
-                    "not protected. The mask channel's own figure is shown beside it."]
+        out += ["", "Mode **mask-only**: a client sends its mask sample and its client id (public), nothing else, so "
+                    f"the mask channel's epsilon is the end-to-end one. Frozen weights: {mode['frozen_weights']}. "
+                    f"Server: {mode['aggregation']}. Final model: {mode['final_mask']}."]
+    out += ["", *_privacy_markdown(summary["privacy"])]
     out += ["", *[f"![{name}]({name})" for name in plots]]
     return "\n".join(out) + "\n"

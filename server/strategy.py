@@ -5,9 +5,10 @@ plan and the global mask to every training message, parses the replies, and hand
 ``fedprune.coordinator.Coordinator``. Malformed replies and dropouts are logged with their reason,
 counted, and left out; the round completes when ``min-replies`` well-formed replies remain.
 
-``RejectMalformed`` is the same check as a wrapper, for when Flower's DP wrappers sit between:
-they clip every reply against the global model, which a malformed reply would crash, so the
-check must come first.
+The DP weight channels are the coordinator's, not Flower's DP strategy wrappers: those noise the
+average after the inner strategy has returned it, so a mask chosen inside would come from the
+un-noised average, and they weight replies by their example counts. Under ``client-clipping`` the
+clients still clip with Flower's ``fixedclipping_mod`` (the clipping norm travels in the config).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.exception import AggregationError, PrivacyBudgetExhausted
-from flwr.serverapp.strategy import FedAvg, Strategy
+from flwr.serverapp.strategy import FedAvg
 
 from fedprune import protocol
 from fedprune.compact import MalformedReply
@@ -44,38 +45,36 @@ class FedPrune(FedAvg):
         self.coordinator = coordinator
         self.round_offset = round_offset
         self.plan = None
-        self.sampled = 0
+        self.sent: dict[str, np.ndarray] = {}  # the model this round's replies update
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         coordinator = self.coordinator
         self.plan = coordinator.plan(self.round_offset + server_round)
-        packed, length = coordinator.packed_mask()
-        record = ConfigRecord({**dict(config), **coordinator.config.to_mapping(),
-                               **protocol.encode_plan(self.plan.to_mapping()),
-                               **protocol.encode_mask(packed, length)})
-        messages = list(super().configure_train(server_round, arrays, record, grid))
-        self.sampled = len(messages)
         try:
-            coordinator.check_budget(self.plan, self.sampled)
+            coordinator.check_budget(self.plan)
         except BudgetExhausted as error:
             raise PrivacyBudgetExhausted(str(error)) from None
-        return messages
+        packed, length = coordinator.packed_mask()
+        values = {**dict(config), **coordinator.config.to_mapping(), **protocol.encode_plan(self.plan.to_mapping()),
+                  **protocol.encode_mask(packed, length)}
+        if coordinator.config.weight_channel == "client-clipping":
+            values[protocol.CLIPPING_NORM] = coordinator.config.clipping_norm
+        self.sent = from_record(arrays)
+        return list(super().configure_train(server_round, arrays, ConfigRecord(values), grid))
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         parsed = self.check_replies(replies)
         try:
-            weights = self.coordinator.aggregate(self.plan, parsed, self.sampled)
+            weights = self.coordinator.aggregate(self.plan, parsed, self.sent)
         except TooFewReplies as error:
             raise AggregationError(str(error)) from None
-        metrics = {
-            "valid-replies": len(parsed),
-            "train-loss": float(np.average([r.metrics["train-loss"] for r in parsed],
-                                           weights=[r.examples for r in parsed])),
-            "density": self.coordinator.density(),
-            "pruned": int(self.plan.prune),
-        }
+        # only public counts and post-processing of the published model; a loss only where nothing is protected
+        metrics = {"valid-replies": len(parsed), "density": self.coordinator.density(), "pruned": int(self.plan.prune)}
+        if all("train-loss" in r.metrics for r in parsed):
+            metrics["train-loss"] = float(np.average([r.metrics["train-loss"] for r in parsed],
+                                                     weights=[r.examples or 1 for r in parsed]))
         return to_record(weights), MetricRecord(metrics)
 
     def check_replies(self, replies: Iterable[Message]) -> list[Reply]:
@@ -125,33 +124,6 @@ class FedPrune(FedAvg):
         log(INFO, "\t├──> fedprune: method %s, mechanism %s, target sparsity %s", self.coordinator.config.method,
             self.coordinator.config.mechanism, self.coordinator.config.target_sparsity)
         super().summary()
-
-
-class RejectMalformed(Strategy):
-    """Outermost wrapper: drop malformed and failed replies before an inner DP wrapper clips them."""
-
-    def __init__(self, strategy: Strategy, fedprune: FedPrune):
-        super().__init__()
-        self.strategy, self.fedprune = strategy, fedprune
-
-    def configure_train(self, server_round, arrays, config, grid):
-        return self.strategy.configure_train(server_round, arrays, config, grid)
-
-    def aggregate_train(self, server_round, replies):
-        kept = []
-        for reply in replies:
-            if self.fedprune.check_replies([reply]):
-                kept.append(reply)
-        return self.strategy.aggregate_train(server_round, kept)
-
-    def configure_evaluate(self, server_round, arrays, config, grid):
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(self, server_round, replies):
-        return self.strategy.aggregate_evaluate(server_round, replies)
-
-    def summary(self) -> None:
-        self.strategy.summary()
 
 
 def _client_id(reply: Message):

@@ -128,6 +128,9 @@ def format_plan(plan: BudgetPlan) -> str:
              f"k = {r['kept']} kept, {r['clients']} clients per round, {r['pruning_events']} pruning events in "
              f"{r['rounds']} rounds; weight updates {weights}.",
              "",
+             f"Trust models: mask reports {plan.trust['mask']}, weights {plan.trust.get('weights', 'not sent')}; "
+             f"end to end {plan.trust['end_to_end']}: the figure holds against {plan.trust['holds_against']}.",
+             "",
              markdown_table(["figure", "value"], rows),
              "",
              "Run with: " + " ".join(f"--set {key}={_down(value) if key == 'epsilon-per-decision' else value}"

@@ -94,9 +94,14 @@ def simulate(config: RunConfig, progress=print, num_cpus: int | None = None) -> 
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     summary = simulate(config, progress=(lambda line: None) if args.quiet else print)
-    eps = summary["epsilon"]
-    print(f"final accuracy {summary['final_accuracy']:.4f}  density {summary['density']:.3f}  "
-          f"epsilon record {eps['record']}  client {eps['client']}  "
-          f"(mask channel alone: {summary['mask_channel_epsilon']['client']})")
+    print(f"final accuracy {summary['final_accuracy']:.4f}  density {summary['density']:.3f}")
+    for unit, figure in summary["privacy"]["end_to_end"].items():
+        shown = (f"{figure['epsilon']:.4g} at delta {summary['delta']:g}, {figure['trust_model']} trust model: holds "
+                 f"against {figure['holds_against']}" if figure["epsilon"] is not None
+                 else f"none ({'; '.join(figure['why_none'])})")
+        print(f"epsilon, {unit} level, end to end: {shown}")
+    mask = summary["privacy"]["channels"].get("mask", {}).get("epsilon")
+    if mask is not None and summary["epsilon"]["client"] is None and mask["client"] is not None:
+        print(f"  (the mask channel alone, client level: {mask['client']:.4g})")
     print(f"results in {summary['run_dir']}")
     return 0

@@ -24,7 +24,7 @@ def write_run_folder(folder, *, clients: int, sparsity: float, accuracy: float):
     state = {n: v.detach().numpy() for n, v in model.state_dict().items()}
     coordinator = Coordinator(config, {n: v.shape for n, v in state.items()}, list(prunable_parameters(model)))
     names = [str(c) for c in range(clients)]
-    coordinator.record(coordinator.plan(1), names, valid=clients, sampled=clients)
+    coordinator.record(coordinator.plan(1), names)
     coordinator.masks = compute_masks({n: p.detach() for n, p in prunable_parameters(model).items()},
                                       sparsity=sparsity)
     coordinator.sparsity = sparsity

@@ -13,6 +13,7 @@ from fedprune import protocol
 from fedprune.config import RunConfig
 from fedprune.coordinator import Coordinator
 from fedprune.local import new_model
+from fedprune.mask_only import MaskOnlyCoordinator
 from fedprune.masks import prunable_parameters
 from server.strategy import FedPrune, to_record
 
@@ -35,9 +36,11 @@ def small_config(**changes) -> RunConfig:
 
 
 def setup(config):
+    """(coordinator of the config's mode, strategy, round 1's messages)."""
     model = new_model(config)
     state = {name: value.detach().numpy() for name, value in model.state_dict().items()}
-    coordinator = Coordinator(config, {n: v.shape for n, v in state.items()}, list(prunable_parameters(model)))
+    kind = MaskOnlyCoordinator if config.mode == "mask-only" else Coordinator
+    coordinator = kind(config, {n: v.shape for n, v in state.items()}, list(prunable_parameters(model)))
     strategy = FedPrune(coordinator, fraction_train=1.0, min_train_nodes=len(NODES), min_available_nodes=len(NODES))
     messages = list(strategy.configure_train(1, to_record(coordinator.compact(state)), ConfigRecord(), ListGrid()))
     return coordinator, strategy, messages
@@ -46,7 +49,7 @@ def setup(config):
 def client_reply(message: Message, partition: int) -> Message:
     context = Context(run_id=1, node_id=message.metadata.dst_node_id, state=RecordDict(), run_config={},
                       node_config={"partition-id": partition, "num-partitions": len(NODES)})
-    return clients.app.train(message, context)
+    return clients.app.app(message, context)  # the whole ClientApp: its mods, then the train handler
 
 
 def replace_arrays(reply: Message, change) -> Message:

@@ -23,7 +23,7 @@ from scipy.stats import norm
 from fedprune.privacy.accountant import Accountant
 from fedprune.privacy.closed_form import (analytic_gaussian_epsilon, basic_composition, rr_composition_delta,
                                           rr_composition_epsilon)
-from fedprune.privacy.events import BernoulliPair, Gaussian, Unprotected, randomized_response
+from fedprune.privacy.events import BernoulliPair, Gaussian, PostProcessing, Unprotected, randomized_response
 from fedprune.validation import ConfigError
 
 DELTA = 1e-5
@@ -235,13 +235,14 @@ def example() -> Accountant:
     accountant.record(Gaussian(1.5, 0.1, 30), units=["record"], clients=["a"])
     accountant.record(Gaussian(3.0, sensitivity=1.0), units=["client", "record"], clients=["a"])
     accountant.record(Unprotected("weights in the clear"), units=["client"], clients=["c"])
+    accountant.record(PostProcessing("mask from the DP-SGD weights"), units=["record"], clients=["a"])
     return accountant
 
 
 def test_state_dict_round_trip_through_json():
     accountant = example()
     state = json.loads(json.dumps(accountant.state_dict()))
-    assert state["kind"] == "fedprune.accountant" and state["version"] == 1
+    assert state["kind"] == "fedprune.accountant" and state["version"] == 2
     restored = Accountant.from_state_dict(state)
     assert restored.state_dict() == state and restored.clients == accountant.clients
     for unit in ("client", "record"):
@@ -249,6 +250,30 @@ def test_state_dict_round_trip_through_json():
             assert restored.epsilon(DELTA, unit, client) == accountant.epsilon(DELTA, unit, client)
             assert restored.delta_for(2.0, unit, client) == accountant.delta_for(2.0, unit, client)
     assert restored.epsilon(DELTA, "client") is None and restored.epsilon(DELTA, "client", "a") > 0
+    assert restored.post_processed("record") == ["mask from the DP-SGD weights"]
+    assert restored.unprotected("client") == ["weights in the clear"]
+
+
+def test_a_version_1_state_still_loads():
+    state = json.loads(json.dumps(example().state_dict()))
+    state["version"] = 1
+    for ledger in state["ledgers"]:
+        del ledger["post_processing"]
+    restored = Accountant.from_state_dict(state)
+    assert restored.epsilon(DELTA, "record", "a") == example().epsilon(DELTA, "record", "a")
+    assert restored.post_processed("record") == []
+
+
+def test_post_processing_is_free_named_and_never_lifts_unprotected():
+    gaussian = Accountant()
+    gaussian.record(Gaussian(2.0), units=["record"], clients=["a"], count=5)
+    with_mask = gaussian.copy()
+    with_mask.record(PostProcessing("mask"), units=["record"], clients=["a", "b"], count=5)
+    assert with_mask.epsilon(DELTA, "record", "a") == gaussian.epsilon(DELTA, "record", "a")
+    assert with_mask.epsilon(DELTA, "record", "b") == 0.0  # a client with only free releases spent nothing
+    assert with_mask.post_processed("record") == ["mask"] and with_mask.post_processed("client") == []
+    with_mask.record(Unprotected("loss in the clear"), units=["record"], clients=["a"])
+    assert with_mask.epsilon(DELTA, "record") is None
 
 
 def broken(state, change):
@@ -259,7 +284,9 @@ def broken(state, change):
 
 @pytest.mark.parametrize("change, message", [
     (lambda s: s.update(kind="opacus"), "not a fedprune accountant state"),
-    (lambda s: s.update(version=2), "version 2"),
+    (lambda s: s.update(version=3), "version 3"),
+    (lambda s: s["ledgers"][0].pop("post_processing"), "fields"),
+    (lambda s: s["ledgers"][0].update(post_processing=[1]), "must be strings"),
     (lambda s: s.update(extra=1), "fields"),
     (lambda s: s.update(ledgers={}), "ledgers must be a list"),
     (lambda s: s["ledgers"][0].update(unit="group"), "unknown unit"),

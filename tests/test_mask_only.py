@@ -147,8 +147,8 @@ def test_ledgers_are_per_client_and_compose_like_randomized_response():
     config = small_config()
     coordinator = coordinator_for(config)
     d = coordinator.length
-    coordinator.record(coordinator.plan(1), ["0", "1"], valid=2, sampled=2)
-    coordinator.record(coordinator.plan(2), ["0"], valid=1, sampled=2)
+    coordinator.record(coordinator.plan(1), ["0", "1"])
+    coordinator.record(coordinator.plan(2), ["0"])
     assert_matches(coordinator.accountant.epsilon(DELTA, "client", client="1"), closed_form(config, d))
     assert_matches(coordinator.epsilon()["client"], closed_form(config, 2 * d))  # the worst client
     assert coordinator.epsilon()["record"] == coordinator.epsilon()["client"]
@@ -159,10 +159,10 @@ def test_the_budget_refuses_the_round_that_would_exceed_it():
     config = small_config()
     d = coordinator_for(config).length
     coordinator = coordinator_for(config.replace(budget_epsilon=1.5 * closed_form(config, d)))
-    coordinator.check_budget(coordinator.plan(1), sampled=4)  # one report fits
-    coordinator.record(coordinator.plan(1), ["0", "1", "2", "3"], valid=4, sampled=4)
+    coordinator.check_budget(coordinator.plan(1))  # one report fits
+    coordinator.record(coordinator.plan(1), ["0", "1", "2", "3"])
     with pytest.raises(BudgetExhausted, match="round 2 would reach epsilon"):
-        coordinator.check_budget(coordinator.plan(2), sampled=4)
+        coordinator.check_budget(coordinator.plan(2))
 
 
 def test_exact_samples_at_epsilon_inf_carry_no_guarantee():
@@ -228,7 +228,7 @@ def _rounds(config, coordinator, arrays, rounds):
                 privacy_rng=privacy_rng(config.privacy_seed, stream=(round, client)))
             replies.append(coordinator.check_reply(plan, result.weights, result.metrics, result.report,
                                                    result.exact_votes))
-        arrays = coordinator.aggregate(plan, replies, sampled=3)
+        arrays = coordinator.aggregate(plan, replies)
     return arrays
 
 

@@ -86,6 +86,23 @@ def test_with_gaussian_weight_noise_the_whole_ledger_spends_the_budget():
                            noise=20.0) > 4.0
 
 
+def test_the_planned_weight_channel_is_what_a_run_records_and_names_its_trust_model():
+    from fedprune.config import RunConfig
+    from fedprune.coordinator import Coordinator
+
+    plan = plan_budget(4.0, DELTA, length=D, kept=K, clients=50, pruning_events=2, rounds=10, weight_noise=20.0,
+                       suggest=False)
+    config = RunConfig(dataset="digits", model="mlp", method="server-magnitude", weight_channel="server-clipping",
+                       noise_multiplier=20.0, num_server_rounds=10, prune_start=1, prune_end=1)
+    run = Coordinator(config, {"w": (4, 4)}, ["w"])
+    for round in range(1, 11):
+        run.record(run.plan(round), ["0"])
+    assert plan.spent["weight_channel"] == run.epsilon()["client"]
+    assert plan.trust == {"mask": "local", "weights": "central", "end_to_end": "central",
+                          "holds_against": "everyone but the server"}
+    assert plan_budget(4.0, DELTA, length=D, kept=K, clients=50, suggest=False).trust["end_to_end"] == "none"
+
+
 def test_more_pruning_events_or_rounds_leave_less_per_report():
     per_report = [plan_budget(4.0, DELTA, length=D, kept=K, clients=50, pruning_events=e, suggest=False)
                   .epsilon_per_report for e in (1, 2, 4)]

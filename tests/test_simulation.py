@@ -1,12 +1,13 @@
 """Real Flower simulations (Ray backend) through `fedprune run`'s public entry point."""
 
 import json
+import math
 
 import numpy as np
 import pytest
 
 from fedprune.config import RunConfig
-from fedprune.privacy.closed_form import rr_composition_epsilon
+from fedprune.privacy.closed_form import analytic_gaussian_epsilon, rr_composition_epsilon
 from server import checkpoint
 from simulations.run import simulate
 
@@ -41,7 +42,32 @@ def test_three_clients_two_rounds_write_every_result(tmp_path):
     assert exact - 1e-9 <= summary["mask_channel_epsilon"]["client"] <= exact * (1 + 1e-5) + 2e-4
     assert summary["upload_bytes_per_client_round"] < summary["dense_upload_bytes_per_client_round"]
     assert summary["privacy_randomness"] == {"source": "seeded", "seed": 5}
-    assert "No end-to-end client-level guarantee" in (folder / "report.md").read_text()
+    report = (folder / "report.md").read_text()
+    assert "| client | none | none | no one | none | weight updates sent in the clear |" in report
+    assert summary["privacy"]["channels"]["metrics"]["sent"] == ["client-id", "num-examples", "train-loss",
+                                                                 "train-seconds"]
+
+
+@pytest.mark.parametrize("channel", ["server-clipping", "client-clipping", "dpsgd"])
+def test_every_weight_channel_runs_and_reports_its_figure_and_trust_model(tmp_path, channel):
+    config = tiny(tmp_path, channel, weight_channel=channel, noise_multiplier=1.0, clipping_norm=1.0,
+                  method="server-magnitude", local_epochs=1)
+    summary = simulate(config, progress=lambda line: None)
+    privacy = summary["privacy"]
+    assert summary["rounds"] == 2 and summary["density"] == pytest.approx(0.5, abs=1e-3)
+    if channel == "dpsgd":  # record level, noise on the client; no client-level guarantee
+        assert privacy["end_to_end"]["record"]["trust_model"] == "local"
+        assert 0 < summary["epsilon"]["record"] < math.inf and summary["epsilon"]["client"] is None
+        assert privacy["against_the_server"]["record"] == summary["epsilon"]["record"]
+        assert privacy["channels"]["metrics"]["sent"] == ["client-id", "num-examples"]
+    else:  # DP-FedAvg: 2 rounds of a Gaussian of sensitivity 2 at multiplier 1; the server is trusted
+        exact = analytic_gaussian_epsilon(1.0, summary["delta"], sensitivity=2 * math.sqrt(2))
+        for unit in ("record", "client"):
+            assert exact <= summary["epsilon"][unit] <= exact + 1e-3
+            assert privacy["end_to_end"][unit]["trust_model"] == "central"
+            assert privacy["against_the_server"][unit] is None
+        assert privacy["channels"]["metrics"]["sent"] == ["client-id"]
+    assert summary["final_accuracy"] is not None
 
 
 def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path):

@@ -19,6 +19,9 @@ How a ledger becomes one privacy-loss distribution (PLD), never optimistic:
 - ``Gaussian``, ``sampling_rate`` < 1: dp-accounting's replace-one subsampled Gaussian (neighbours at
   -+sensitivity/2), ``self_compose``d ``count`` times.
 - ``Unprotected``: no guarantee in that unit for that client; figures are None.
+- ``PostProcessing``: a release computed only from values the ledger already charges in that unit
+  (post-processing of a DP output); it costs nothing and is kept by name, so a report can say which
+  releases were free and why.
 
 Discretisation. DESIGN asks for a step of at most eps/(10 N) for N releases, as rounding each
 release's loss up adds up to N steps. Bernoulli groups are rounded once each, so N counts groups:
@@ -44,10 +47,10 @@ from dp_accounting.rdp.rdp_privacy_accountant import NeighborRel
 from scipy import stats
 from scipy.optimize import brentq
 
-from fedprune.privacy.events import BernoulliPair, Event, Gaussian, Unprotected, check_unit
+from fedprune.privacy.events import BernoulliPair, Event, Gaussian, PostProcessing, Unprotected, check_unit
 from fedprune.validation import ConfigError, finite, positive_int, probability
 
-KIND, VERSION = "fedprune.accountant", 1
+KIND, VERSION = "fedprune.accountant", 2  # 2 adds post_processing; 1 still loads
 FINEST_STEP = 1e-4      # grid step of the PLD unless eps/(10 N) asks for finer
 MAX_SUPPORT = 2_000_000  # grid points a composed PLD may hold (dense float64: 16 MB)
 TAIL = 1e-15             # probability mass a lattice may drop, counted as infinite loss
@@ -62,18 +65,23 @@ class Accountant:
     def __init__(self):
         self._ledgers: dict[tuple[str, str], dict[tuple, int]] = {}  # (client, unit) -> {event key: count}
         self._unprotected: dict[tuple[str, str], set[str]] = {}
+        self._free: dict[tuple[str, str], set[str]] = {}  # post-processing releases, by name
         # caches keyed by ledger content (clients with equal histories share), shared with copies
         self._figures: dict[tuple, float] = {}
         self._plds: OrderedDict = OrderedDict()
 
     def record(self, event: Event, *, units: Iterable[str], clients: Iterable[str], count: int = 1) -> None:
-        """Add ``count`` x ``event`` to each client's ledger under each unit (``Unprotected``: no guarantee)."""
+        """Add ``count`` x ``event`` to each client's ledger under each unit.
+
+        ``Unprotected``: no guarantee from then on; ``PostProcessing``: free, kept by name.
+        """
         units = _names("units", units, check_unit, "['client'] or ['record', 'client']")
         clients = _names("clients", clients, _client, "['0', '1']")
         count = positive_int("count", count)
-        if isinstance(event, Unprotected):
+        if isinstance(event, (Unprotected, PostProcessing)):
+            notes = self._unprotected if isinstance(event, Unprotected) else self._free
             for key in ((client, unit) for client in clients for unit in units):
-                self._unprotected.setdefault(key, set()).add(str(event.what))
+                notes.setdefault(key, set()).add(str(event.what))
                 self._ledgers.setdefault(key, {})
             return
         key, times = _key(event)
@@ -85,11 +93,22 @@ class Accountant:
         """Every client with anything recorded, in any unit."""
         return sorted({client for client, _ in self._ledgers})
 
+    def unprotected(self, unit: str) -> list[str]:
+        """Why some client has no guarantee in ``unit``: the unprotected releases, over all clients."""
+        unit = check_unit(unit)
+        return sorted({what for (_, u), whats in self._unprotected.items() if u == unit for what in whats})
+
+    def post_processed(self, unit: str) -> list[str]:
+        """The releases recorded as free post-processing in ``unit``, over all clients."""
+        unit = check_unit(unit)
+        return sorted({what for (_, u), whats in self._free.items() if u == unit for what in whats})
+
     def copy(self) -> Accountant:
         """An independent accountant with the same ledgers (the content-keyed caches are shared)."""
         twin = Accountant()
         twin._ledgers = copy_module.deepcopy(self._ledgers)
         twin._unprotected = copy_module.deepcopy(self._unprotected)
+        twin._free = copy_module.deepcopy(self._free)
         twin._figures, twin._plds = self._figures, self._plds
         return twin
 
@@ -153,7 +172,8 @@ class Accountant:
             events = [dict(zip(("event", *_EVENT_FIELDS[key[0]]), (*key, count)))
                       for key, count in sorted(ledger.items())]
             ledgers.append({"client": client, "unit": unit, "events": events,
-                            "unprotected": sorted(self._unprotected.get((client, unit), ()))})
+                            "unprotected": sorted(self._unprotected.get((client, unit), ())),
+                            "post_processing": sorted(self._free.get((client, unit), ()))})
         return {"kind": KIND, "version": VERSION, "ledgers": ledgers}
 
     def load_state_dict(self, state: Mapping) -> None:
@@ -162,13 +182,15 @@ class Accountant:
             kind = state.get("kind") if isinstance(state, Mapping) else type(state).__name__
             raise ConfigError(f"not a fedprune accountant state (kind {kind!r}, expected {KIND!r}); "
                               "pass what Accountant.state_dict() returned")
-        if state.get("version") != VERSION:
-            raise ConfigError(f"accountant state version {state.get('version')!r}; this fedprune reads version "
+        version = state.get("version")
+        if version not in (1, VERSION) or isinstance(version, bool):
+            raise ConfigError(f"accountant state version {version!r}; this fedprune reads versions 1 and "
                               f"{VERSION}: load it with the fedprune that wrote it")
         _exact_keys("accountant state", state, {"kind", "version", "ledgers"})
+        fields = {"client", "unit", "events", "unprotected"} | ({"post_processing"} if version == VERSION else set())
         twin = Accountant()
         for entry in _listed("ledgers", state["ledgers"]):
-            _exact_keys("ledger", entry, {"client", "unit", "events", "unprotected"})
+            _exact_keys("ledger", entry, fields)
             where = (_client(entry["client"]), check_unit(entry["unit"]))
             if where in twin._ledgers:
                 raise ConfigError(f"malformed accountant state: two ledgers for client {where[0]!r}, unit {where[1]!r}")
@@ -178,12 +200,13 @@ class Accountant:
                 if key in ledger:
                     raise ConfigError(f"malformed accountant state: event {item!r} listed twice in one ledger")
                 ledger[key] = count
-            reasons = _listed("unprotected", entry["unprotected"])
-            if any(not isinstance(reason, str) for reason in reasons):
-                raise ConfigError(f"malformed accountant state: unprotected releases must be strings, got {reasons!r}")
-            if reasons:
-                twin._unprotected[where] = set(reasons)
-        self._ledgers, self._unprotected = twin._ledgers, twin._unprotected
+            for field, notes in (("unprotected", twin._unprotected), ("post_processing", twin._free)):
+                reasons = _listed(field, entry.get(field, []))
+                if any(not isinstance(reason, str) for reason in reasons):
+                    raise ConfigError(f"malformed accountant state: {field} releases must be strings, got {reasons!r}")
+                if reasons:
+                    notes[where] = set(reasons)
+        self._ledgers, self._unprotected, self._free = twin._ledgers, twin._unprotected, twin._free
 
     @classmethod
     def from_state_dict(cls, state: Mapping) -> Accountant:
@@ -205,7 +228,7 @@ def _key(event: Event) -> tuple[tuple, int]:
         return ("gaussian", float(event.noise_multiplier), float(event.sampling_rate), float(event.sensitivity)), \
             event.count
     raise ConfigError(f"cannot account for {type(event).__name__}; record a fedprune.privacy.events "
-                      "BernoulliPair, Gaussian or Unprotected")
+                      "BernoulliPair, Gaussian, Unprotected or PostProcessing")
 
 
 def _event_from_state(item) -> tuple[tuple, int]:

@@ -80,7 +80,22 @@ def audit(mechanism: Mechanism, *, rng: np.random.Generator, trials: int = 20000
     mask_a, mask_b, score, claimed, delta = _scenario(mechanism, rng, delta, public_seed)
     scores_a = np.array([score(mechanism.encode(mask_a, rng, public_seed=public_seed)) for _ in range(trials)])
     scores_b = np.array([score(mechanism.encode(mask_b, rng, public_seed=public_seed)) for _ in range(trials)])
-    half = trials // 2
+    return bound_from_scores(mechanism.name, scores_a, scores_b, claimed=claimed, delta=delta, confidence=confidence)
+
+
+def bound_from_scores(name: str, scores_a, scores_b, *, claimed: float, delta: float,
+                      confidence: float = 0.999) -> AuditResult:
+    """The audit's bound from a statistic of ``trials`` outputs on each of two neighbouring inputs.
+
+    The event is picked on the first half of each sample and measured on the second, so a
+    correct (eps, delta) claim is exceeded with probability at most ``1 - confidence``.
+    """
+    scores_a, scores_b = np.asarray(scores_a, dtype=np.float64), np.asarray(scores_b, dtype=np.float64)
+    if scores_a.shape != scores_b.shape or scores_a.ndim != 1 or scores_a.size < 100:
+        raise ConfigError(f"an audit needs two equal samples of at least 100 scores, got {scores_a.shape} and "
+                          f"{scores_b.shape}")
+    confidence = probability("confidence", confidence)
+    half = scores_a.size // 2
     alpha = (1.0 - confidence) / 2
     threshold, forward = _pick_event(scores_a[:half], scores_b[:half], alpha, delta)
     held_a, held_b = scores_a[half:], scores_b[half:]
@@ -90,8 +105,8 @@ def audit(mechanism: Mechanism, *, rng: np.random.Generator, trials: int = 20000
         hits_a, hits_b = size - hits_b, size - hits_a
     bound = float(_lower_bounds(np.array([hits_a]), np.array([hits_b]), size, alpha, delta)[0])
     event = f"score {'>=' if forward else '<'} {threshold:g} ({'A over B' if forward else 'B over A'})"
-    return AuditResult(mechanism=mechanism.name, claimed_epsilon=float(claimed), epsilon_lower_bound=bound,
-                       delta=delta, confidence=confidence, trials=trials, event=event)
+    return AuditResult(mechanism=name, claimed_epsilon=float(claimed), epsilon_lower_bound=bound,
+                       delta=delta, confidence=confidence, trials=int(scores_a.size), event=event)
 
 
 def clopper_pearson(successes, trials: int, alpha: float) -> tuple[np.ndarray, np.ndarray]:
@@ -169,4 +184,4 @@ def describe_rate(confidence: float) -> str:
     return f"a correct mechanism fails this audit with probability at most {1 - confidence:.3g}"
 
 
-__all__ = ["AuditResult", "audit", "clopper_pearson", "describe_rate"]
+__all__ = ["AuditResult", "audit", "bound_from_scores", "clopper_pearson", "describe_rate"]

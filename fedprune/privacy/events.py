@@ -80,7 +80,19 @@ class Unprotected:
     what: str
 
 
-Event = Union[BernoulliPair, Gaussian, Unprotected]
+@dataclass(frozen=True)
+class PostProcessing:
+    """A release computed only from values another event already protects in this unit: it costs nothing.
+
+    ``what`` names the release and what it is derived from (a mask from the magnitudes of
+    DP-SGD-trained weights, say). Only true post-processing qualifies: a mask scored from raw
+    gradients of the data (taylor, obd) is a new release and is charged.
+    """
+
+    what: str
+
+
+Event = Union[BernoulliPair, Gaussian, Unprotected, PostProcessing]
 
 
 def randomized_response(epsilon: float, count: int = 1) -> BernoulliPair:

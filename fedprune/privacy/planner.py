@@ -5,8 +5,9 @@ per-report epsilon at delta that fixes the noise multiplier) until the real
 :class:`~fedprune.privacy.accountant.Accountant` reports the target for the ledger a run keeps
 (``fedprune.coordinator``) for its worst client, who takes part in every round: in each pruning
 event the mechanism's ``event()`` (built as ``fedprune.rounds.mechanism_for`` builds it), and per
-round a weight-channel release: a Gaussian of the given noise multiplier (Flower's DP wrappers,
-sensitivity 2, every sampled client replying), nothing (``no-weights``, a what-if; ``mask-only``, the
+round a weight-channel release: the events of ``weight_channel.NoisedMean`` at the given noise
+multiplier (a run's server-clipping or client-clipping DP-FedAvg: a Gaussian of sensitivity 2 on the
+sum, whatever the reply count; trust model central), nothing (``no-weights``, a what-if; ``mask-only``, the
 mode of that name, where every round instead reports all d weights at Delta = d), or updates in the clear
 (``clear``: no end-to-end guarantee, so the mask channel alone is planned, and the plan says so).
 The search brackets the answer, then runs Brent's method on log(setting) and stops at the first
@@ -45,13 +46,14 @@ import numpy as np
 from scipy.optimize import brentq
 
 from fedprune.masks import kept_count
-from fedprune.privacy import events, plan_advice
+from fedprune.privacy import plan_advice, weight_channel
 from fedprune.privacy.accountant import Accountant
 from fedprune.privacy.closed_form import analytic_gaussian_sigma
 from fedprune.privacy.plan_request import UNITS, WEIGHT_CHANNELS, check_request
 from fedprune.privacy.recovery import recovery
 from fedprune.privacy.mechanisms import Mechanism, epsilon_for_decision, make_mechanism
 from fedprune.privacy.spec import ReportSpec
+from fedprune.privacy.trust import holds_against, weakest
 from fedprune.validation import ConfigError, probability, sparsity
 
 SETTING_RANGE = (1e-8, 20.0)  # searched epsilon-per-decision: below, reports are noise; above, no privacy
@@ -63,7 +65,8 @@ class BudgetPlan:
 
     request: dict                   # the inputs, normalised
     mechanism: str
-    trust_model: str
+    trust_model: str                # the mask channel's, as the mechanism states it
+    trust: dict                     # trust model per channel and end to end (weakest), and whom it holds against
     setting: dict                   # the run-config keys that carry the plan out (mechanism, epsilon-per-decision, ...)
     epsilon_parameter: float        # the searched value of epsilon-per-decision
     spent: dict                     # epsilon at delta: end_to_end (None: no guarantee), mask_channel, weight_channel
@@ -147,7 +150,7 @@ def plan_budget(epsilon: float, delta: float, *, length: int, kept: int, clients
     plan = BudgetPlan(
         request={**{key: value for key, value in request.items() if key != "schedule_given"},
                  "frequencies": None if frequencies is None else f"{request['length']} given values"},
-        mechanism=mech.name, trust_model=mech.trust_model,
+        mechanism=mech.name, trust_model=mech.trust_model, trust=_trust(mech, request["weight_noise"]),
         setting=_run_setting(mech, parameter, request, spent["end_to_end"] is not None),
         epsilon_parameter=parameter, spent=spent, event=worst + 1, hamming_bound=head["hamming_bound"],
         epsilon_per_decision=_figure(mech, "epsilon_per_decision", request),
@@ -193,11 +196,27 @@ def run_ledger(mechanisms: Sequence[Mechanism], *, rounds: int, weight_noise) ->
         if round < len(mechanisms):
             for ledger in (whole, masks):
                 ledger.record(mechanisms[round].event(), units=UNITS, clients=["worst"])
-        if weight_noise == "clear":
-            whole.record(events.Unprotected("weight updates sent in the clear"), units=UNITS, clients=["worst"])
-        elif weight_noise not in WEIGHT_CHANNELS:
-            whole.record(events.Gaussian(weight_noise), units=UNITS, clients=["worst"])
+        for event, units in _weight_events(weight_noise):
+            whole.record(event, units=units, clients=["worst"])
     return whole, masks
+
+
+def _weight_events(weight_noise) -> list:
+    """One round's weight-channel events, as the run's channel records them."""
+    if weight_noise == "clear":
+        return weight_channel.Clear().events()
+    if weight_noise in WEIGHT_CHANNELS:  # no weights sent
+        return []
+    return weight_channel.NoisedMean("server-clipping", weight_noise, 1.0).events()
+
+
+def _trust(mechanism: Mechanism, weight_noise) -> dict:
+    """Trust model per channel and end to end (the weakest), as a run states it."""
+    channels = {"mask": mechanism.trust_model.split(":")[0]}
+    if weight_noise == "clear" or weight_noise not in WEIGHT_CHANNELS:
+        channels["weights"] = "none" if weight_noise == "clear" else "central"
+    end_to_end = weakest(channels.values())
+    return {**channels, "end_to_end": end_to_end, "holds_against": holds_against(end_to_end)}
 
 
 def _event_figures(mechanism, size: tuple[int, int], request) -> dict:
@@ -233,7 +252,8 @@ def _weight_epsilon(request, rounds: int | None = None) -> float | None:
     if noise in WEIGHT_CHANNELS:
         return None if noise == "clear" else 0.0
     ledger = Accountant()
-    ledger.record(events.Gaussian(noise), units=UNITS, clients=["worst"], count=rounds or request["rounds"])
+    for event, units in _weight_events(noise):
+        ledger.record(event, units=units, clients=["worst"], count=rounds or request["rounds"])
     return ledger.epsilon(request["delta"], request["unit"])
 
 

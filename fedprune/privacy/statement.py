@@ -1,0 +1,82 @@
+"""The privacy statement every report repeats: per channel and end to end, per unit, against whom.
+
+A client releases through three channels: its weights (the run's weight channel), its mask
+reports (the mechanism) and its metrics. For each unit of protection (record, client) each
+channel has a trust model (``fedprune.privacy.trust``); the end-to-end figure is the ledger's
+composition of everything, and it holds only against the parties the weakest channel holds
+against. A figure of None comes with the releases that made it none.
+"""
+
+from __future__ import annotations
+
+from fedprune import protocol
+from fedprune.config import RunConfig
+from fedprune.privacy.accountant import Accountant
+from fedprune.privacy.trust import TRUST_MODELS, holds_against, weakest
+from fedprune.privacy.weight_channel import WeightChannel
+from fedprune.rounds import mask_post_processing_units
+
+UNITS = ("record", "client")
+
+
+def channel_trust(config: RunConfig, channel: WeightChannel | None) -> dict[str, dict[str, str]]:
+    """{channel: {unit: trust model}} for what a client of this run sends (``channel`` None: no weights sent)."""
+    out = {}
+    if channel is not None:
+        out["weights"] = {unit: channel.trust(unit) for unit in UNITS}
+    if config.method == "votes":
+        free = mask_post_processing_units(config) if channel is not None else ()
+        reported = ("none" if not config.private_votes else "central" if config.mechanism == "central" else "local")
+        out["mask"] = {unit: channel.trust(unit) if unit in free else reported for unit in UNITS}
+    out["metrics"] = {unit: _metrics_trust(channel, unit) for unit in UNITS}
+    return out
+
+
+def metrics_sent(channel: WeightChannel | None) -> list[str]:
+    """The metric keys a client sends (mask-only: ``channel`` None)."""
+    keys = [protocol.CLIENT_ID]
+    if channel is not None and channel.uses_examples:
+        keys.append(protocol.NUM_EXAMPLES)
+    if channel is not None and channel.plain_metrics:
+        keys += list(protocol.PLAIN_METRICS)
+    return keys
+
+
+def _metrics_trust(channel: WeightChannel | None, unit: str) -> str:
+    # the client id is public; the example count is unchanged by replacing one record, so free at record level
+    if channel is None or not (channel.uses_examples or channel.plain_metrics):
+        return "local"
+    if channel.plain_metrics or unit == "client":
+        return "none"
+    return "local"
+
+
+def statement(config: RunConfig, channel: WeightChannel | None, accountant: Accountant,
+              mask_accountant: Accountant) -> dict:
+    """summary.json's ``privacy``: the channels, then per unit the end-to-end figure and whom it holds against."""
+    trust = channel_trust(config, channel)
+    end_to_end, against_server = {}, {}
+    for unit in UNITS:
+        epsilon = accountant.epsilon(config.delta, unit)
+        model = "none" if epsilon is None else weakest(t[unit] for t in trust.values())
+        end_to_end[unit] = {
+            "epsilon": epsilon, "trust_model": model, "holds_against": holds_against(model),
+            "why_none": accountant.unprotected(unit) if epsilon is None else [],
+            "post_processing": accountant.post_processed(unit),
+        }
+        against_server[unit] = epsilon if model == "local" else None
+    channels = {name: {unit: {"trust_model": t[unit], "holds_against": holds_against(t[unit])} for unit in UNITS}
+                for name, t in trust.items()}
+    channels["metrics"]["sent"] = metrics_sent(channel)
+    if "mask" in channels:
+        channels["mask"]["epsilon"] = {unit: mask_accountant.epsilon(config.delta, unit) for unit in UNITS}
+    return {"delta": config.delta, "unit": config.unit, "channels": channels, "end_to_end": end_to_end,
+            "against_the_server": against_server, "trust_models": TRUST_MODELS}
+
+
+def short(config: RunConfig, statement: dict) -> str:
+    """The progress line's privacy part: the declared unit's figure, its trust model, or why none."""
+    figure = statement["end_to_end"][config.unit]
+    if figure["epsilon"] is None:
+        return f"eps({config.unit}) none ({'; '.join(figure['why_none'])})"
+    return f"eps({config.unit}, {figure['trust_model']}) {figure['epsilon']:.3g}"

@@ -1,0 +1,90 @@
+"""The end-to-end audit passes the pipeline as built and fails the two pipelines the review found.
+
+1. Example-weighted DP-FedAvg (Flower's wrappers over FedAvg): a client that claims many examples
+   moves the noised average far more than the 2C/n the ledger charges.
+2. The mask chosen from the exact average before the noise: it moves with one client's update
+   whatever the noise.
+
+Each broken pipeline is the real one with one piece swapped back to what it was. Seeds are fixed;
+a correct pipeline would fail with probability at most 2 x 0.001 under fresh noise.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from fedprune.config import RunConfig
+from fedprune.coordinator import Coordinator, flatten_weights
+from fedprune.privacy import weight_channel
+from fedprune.privacy.rng import privacy_rng
+from fedprune.privacy.weight_channel import NoisedMean, clip
+from fedprune.rounds import next_global_masks, server_scores
+from simulations.e2e_audit import audit_pipeline
+
+pytestmark = pytest.mark.slow
+
+
+def config(**changes) -> RunConfig:
+    settings = dict(dataset="digits", model="mlp", num_clients=10, min_replies=2, num_server_rounds=1, local_epochs=1,
+                    schedule="oneshot", prune_start=1, prune_end=1, target_sparsity=0.9, batch_size=64,
+                    method="server-magnitude", weight_channel="server-clipping", noise_multiplier=5.0,
+                    clipping_norm=1.0)
+    settings.update(changes)
+    return RunConfig(**settings)
+
+
+@dataclass(frozen=True)
+class ExampleWeighted(NoisedMean):
+    """Flower's wrappers over FedAvg: clipped updates averaged by the example counts clients claim."""
+
+    uses_examples: bool = True
+
+    def combine(self, sent, replies, examples, rng):
+        share = np.asarray(examples, np.float64) / np.sum(examples)
+        out = {}
+        for name in sent:
+            update = sum(w * clip({n: r[n] - sent[n] for n in sent}, self.clipping_norm)[name]
+                         for w, r in zip(share, replies))
+            noise = rng.normal(0.0, self.noise_multiplier * self.clipping_norm / len(replies), update.shape)
+            out[name] = (sent[name] + update + noise).astype(np.float32)
+        return out
+
+
+class MaskFromExactAverage(Coordinator):
+    """Publishes the noised average but picks the mask from the exact one, as the wrappers made it do."""
+
+    def aggregate(self, plan, replies, sent):
+        weights = [r.weights for r in self.accept(plan, replies)]
+        rng = privacy_rng(self.config.privacy_seed, stream=(plan.round, 0, 1))
+        noised = self.expand(self.weight_channel.combine(sent, weights, None, rng))
+        exact = self.expand(NoisedMean("exact", 1e-12, self.config.clipping_norm).combine(sent, weights, None, rng))
+        magnitudes = np.abs(flatten_weights(exact, self.masks))
+        self.masks = next_global_masks(self.config, plan, server_scores(self.config, magnitudes, self.masks),
+                                       magnitudes, self.masks)
+        self.sparsity = plan.sparsity
+        return self.compact(noised)
+
+
+def test_the_pipeline_as_built_passes():
+    result = audit_pipeline(config(), trials=600)
+    assert result.passed, result
+
+
+def test_example_weighted_averaging_fails(monkeypatch):
+    real = weight_channel.build
+
+    def build(name, noise, clipping):
+        channel = real(name, noise, clipping)
+        return ExampleWeighted(name, noise, clipping) if isinstance(channel, NoisedMean) else channel
+
+    monkeypatch.setattr(weight_channel, "build", build)
+    result = audit_pipeline(config(), trials=600)
+    assert not result.weight.passed, result
+    assert result.weight.epsilon_lower_bound > 1.5 * result.claimed_epsilon
+
+
+def test_a_mask_from_the_exact_average_fails():
+    result = audit_pipeline(config(noise_multiplier=1000.0), trials=200, coordinator_class=MaskFromExactAverage)
+    assert result.claimed_epsilon < 0.01
+    assert not result.mask.passed and result.mask.epsilon_lower_bound > 2.0, result
