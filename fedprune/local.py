@@ -86,7 +86,11 @@ def client_round(config: RunConfig, plan: RoundPlan, model: nn.Module, global_we
 
     x, y = examples
     loader = make_loader(x, y, config.batch_size, shuffle=True, generator=generator)
-    trained = train(model, loader, train_config(config), masks=dict(global_masks), dp=dp, generator=generator)
+    # DP-SGD's noise and Poisson batches must be secret: drawn from the privacy randomness (OS entropy unless
+    # privacy-seed is set), never from ``generator``, which anyone holding the run's seed can rebuild
+    dp_generator = None if dp is None else torch.Generator().manual_seed(int(privacy_rng.integers(2**63)))
+    trained = train(model, loader, train_config(config), masks=dict(global_masks), dp=dp,
+                    generator=generator if dp is None else dp_generator)
     channel = weight_channel.build(config.weight_channel, config.noise_multiplier, config.clipping_norm)
     metrics = {protocol.CLIENT_ID: int(client)}  # what else is sent is what the run's guarantee allows
     if channel.uses_examples:

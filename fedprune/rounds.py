@@ -210,8 +210,25 @@ def mask_post_processing_units(config: RunConfig) -> tuple[str, ...]:
     return weight_channel.build(config.weight_channel, config.noise_multiplier, config.clipping_norm).protects_weights
 
 
+def no_guarantee(config: RunConfig) -> str | None:
+    """Why the run's declared unit cannot have an end-to-end figure whatever happens, or None."""
+    if config.mode != "mask-only":
+        channel = weight_channel.build(config.weight_channel, config.noise_multiplier, config.clipping_norm)
+        if channel.trust(config.unit) == "none":
+            return f"weight channel {config.weight_channel} gives no {config.unit}-level guarantee"
+    if config.method == "votes" and not config.private_votes and config.unit not in mask_post_processing_units(config):
+        return "exact mask votes (epsilon-per-decision inf) are sent without privacy"
+    return None
+
+
 def check_federated(config: RunConfig) -> None:
     """Fail before any work on settings the federated rounds do not support."""
+    why = no_guarantee(config) if config.budget_epsilon > 0 else None
+    if why:
+        raise ConfigError(f"budget-epsilon {config.budget_epsilon:g} binds the end-to-end {config.unit}-level figure, "
+                          f"but {why}: the first round would be refused. Use weight-channel server-clipping or "
+                          "client-clipping (client level), dpsgd with unit record, or mode mask-only; or set "
+                          "budget-epsilon 0")
     if config.structure not in FEDERATED_STRUCTURES:
         raise ConfigError(f"structure {config.structure!r} is not supported in federated runs yet; "
                           f"use one of: {', '.join(FEDERATED_STRUCTURES)}")

@@ -176,3 +176,29 @@ def test_a_mask_only_reply_with_a_loss_is_rejected():
                                       list(prunable_parameters(model)))
     with pytest.raises(MalformedReply, match="not counted by mask-only"):
         coordinator.reply_identity({"client-id": 0, "train-loss": 0.3})
+
+
+def test_dpsgd_noise_comes_from_the_privacy_randomness_not_the_run_seed():
+    import torch
+
+    from fedprune.dpsgd import DPSGD
+    from fedprune.local import client_data, client_round, new_model
+    from fedprune.masks import full_masks
+    from fedprune.privacy.rng import privacy_rng
+
+    config = small_config(weight_channel="dpsgd", local_epochs=1)
+    coordinator, strategy, _ = setup(config)
+    plan = strategy.plan
+    plan = type(plan)(**{**plan.to_mapping(), "report": False, "prune": False})
+    masks = full_masks({n: torch.empty(s) for n, s in coordinator.mask_shapes.items()})
+
+    def weights(noise_seed):
+        result = client_round(config, plan, new_model(config), strategy.sent, masks, client_data(config, 0, 4),
+                              client=0, generator=torch.Generator().manual_seed(0),  # the public, seeded one
+                              privacy_rng=privacy_rng(noise_seed, stream=(1, 0)), dp=DPSGD(noise_multiplier=1.0,
+                                                                                            max_grad_norm=1.0))
+        return np.concatenate([v.ravel() for v in result.weights.values()])
+
+    assert np.array_equal(weights(1), weights(1))       # a privacy seed reproduces a simulation
+    assert not np.allclose(weights(1), weights(2))      # the run's seed alone does not fix the noise
+    assert not np.allclose(weights(None), weights(None))  # OS entropy: fresh noise every time

@@ -11,6 +11,7 @@ from flwr.app import ConfigRecord, Error, Message, RecordDict
 from flwr.serverapp.exception import AggregationError, PrivacyBudgetExhausted
 
 from fedprune import protocol
+from fedprune.validation import ConfigError
 from strategy_helpers import client_reply, replace_arrays, request_for, setup, small_config
 
 pytestmark = pytest.mark.usefixtures("task_identity")
@@ -97,7 +98,17 @@ def test_round_completes_with_enough_replies_after_a_dropout():
     assert metrics["valid-replies"] == 3 and coordinator.dropouts == 1
 
 
-def test_budget_refuses_a_round_without_a_guarantee():
-    # Weights in the clear give no client-level guarantee, so any budget refuses the first round.
-    with pytest.raises(PrivacyBudgetExhausted, match="no guarantee.*budget of 100"):
-        setup(small_config(budget_epsilon=100.0))
+@pytest.mark.parametrize("changes, why", [
+    ({}, "weight channel clear gives no client-level guarantee"),
+    ({"weight_channel": "dpsgd"}, "weight channel dpsgd gives no client-level guarantee"),
+    ({"weight_channel": "server-clipping", "epsilon_per_decision": float("inf")}, "exact mask votes"),
+])
+def test_a_budget_that_no_round_could_meet_is_refused_before_any_work(changes, why):
+    with pytest.raises(ConfigError, match=f"budget-epsilon 100 binds.*{why}"):
+        setup(small_config(budget_epsilon=100.0, **changes))
+    setup(small_config(budget_epsilon=100.0, weight_channel="dpsgd", unit="record"))  # records are protected
+
+
+def test_budget_refuses_the_round_that_would_overspend():
+    with pytest.raises(PrivacyBudgetExhausted, match="epsilon .* budget of 0.5"):
+        setup(small_config(budget_epsilon=0.5, weight_channel="server-clipping"))
