@@ -336,3 +336,13 @@ def test_mismatched_state_is_rejected_and_changes_nothing(change, message):
 def test_bad_input_names_the_problem(call, message):
     with pytest.raises(ConfigError, match=message):
         call(Accountant())
+
+
+def test_a_ledger_of_unsampled_gaussians_is_the_analytic_gaussian_exactly():
+    accountant = Accountant()
+    accountant.record(Gaussian(0.1), units=["client"], clients=["a"], count=20)
+    accountant.record(Gaussian(3.0, sensitivity=1.0), units=["client"], clients=["a"], count=5)
+    shift = math.sqrt(20 * (2 / 0.1) ** 2 + 5 * (1 / 3.0) ** 2)
+    assert accountant.epsilon(DELTA, "client") == analytic_gaussian_epsilon(1.0, DELTA, sensitivity=shift)
+    accountant.record(randomized_response(1.0), units=["client"], clients=["a"])  # no longer Gaussians only
+    assert accountant.epsilon(DELTA, "client") > analytic_gaussian_epsilon(1.0, DELTA, sensitivity=shift)
