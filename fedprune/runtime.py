@@ -68,8 +68,17 @@ class RuntimeModel:
         return x
 
     def predict(self, x, batch_size: int = 64) -> np.ndarray:
-        """Class indices (int64) of every row of ``x``, run ``batch_size`` rows at a time."""
-        x = torch.as_tensor(np.asarray(x, dtype=np.float32))
+        """Class indices (int64) of every row of ``x``, run ``batch_size`` rows at a time.
+
+        Non-finite inputs are refused: a NaN row would silently come out as class 0.
+        """
+        x = np.asarray(x, dtype=np.float32)
+        bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1) if x.ndim else ~np.isfinite(x)
+        if np.any(bad):
+            rows = np.flatnonzero(bad)
+            raise ConfigError(f"{rows.size} input row(s) hold NaN or infinite values (first: row {int(rows[0])}); "
+                              "clean or impute them before predicting")
+        x = torch.as_tensor(x)
         parts = [self(x[start:start + batch_size]).argmax(1) for start in range(0, len(x), batch_size)]
         return torch.cat(parts).numpy() if parts else np.zeros(0, dtype=np.int64)
 

@@ -16,6 +16,7 @@ from fedprune.masks import apply_masks, prunable_parameters
 from fedprune.models import build_model
 from fedprune.pruning import compute_masks
 from fedprune.runtime import RuntimeModel, load
+from fedprune.validation import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 ARCHITECTURES = {
@@ -165,3 +166,18 @@ def test_infer_refuses_inputs_of_the_wrong_shape(tmp_path, capsys):
     np.save(tmp_path / "x.npy", np.zeros((3, 1, 39), dtype=np.float32))
     assert main(["infer", str(tmp_path / "m.fpm"), str(tmp_path / "x.npy")]) == 2
     assert "(n, 1, 40)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_infer_refuses_non_finite_inputs(tmp_path, capsys, bad):
+    from simulations.cli import main
+
+    model, masks = masked_model("cnn1d", "unstructured")
+    export_model(model, masks, tmp_path / "m.fpm", calibrate=False)
+    x = np.zeros((5, 1, 40), dtype=np.float32)
+    x[3, 0, 7] = bad
+    np.save(tmp_path / "x.npy", x)
+    assert main(["infer", str(tmp_path / "m.fpm"), str(tmp_path / "x.npy")]) == 2
+    assert "1 input row(s) hold NaN or infinite values (first: row 3)" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="NaN or infinite"):
+        load(tmp_path / "m.fpm").predict(x)
