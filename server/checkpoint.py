@@ -40,15 +40,27 @@ def save(folder: Path, round: int, weights: dict[str, np.ndarray], state: dict) 
 
 def load(folder: Path) -> tuple[int, dict[str, np.ndarray], dict]:
     """(round, compact weights, coordinator state) of the run in ``folder``."""
+    meta, weights = _read(folder, weights=True)
+    return int(meta["round"]), weights, meta["state"]
+
+
+def last_round(folder: Path) -> int:
+    """The round the checkpoint in ``folder`` was written after."""
+    return int(_read(folder, weights=False)[0]["round"])
+
+
+def _read(folder: Path, weights: bool) -> tuple[dict, dict[str, np.ndarray]]:
     path = Path(folder) / FILE
+    fix = f"start the run again under another --name (or delete {folder})"
     if not path.exists():
-        raise ConfigError(f"no {FILE} in {folder}: the run never finished a round, start it again")
+        raise ConfigError(f"no {FILE} in {folder}: the run never finished a round; {fix}")
     try:
         with np.load(path, allow_pickle=False) as stored:
             meta = json.loads(str(stored["meta"]))
-            weights = {key[len(_WEIGHT):]: stored[key] for key in stored.files if key.startswith(_WEIGHT)}
+            arrays = {key[len(_WEIGHT):]: stored[key] for key in stored.files if weights and key.startswith(_WEIGHT)}
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as error:
-        raise ConfigError(f"{path} is unreadable ({error}); start the run again") from None
+        raise ConfigError(f"{path} is unreadable ({error}); {fix}") from None
     if meta.get("format") != FORMAT:
-        raise ConfigError(f"{path} has checkpoint format {meta.get('format')!r}; this fedprune reads {FORMAT}")
-    return int(meta["round"]), weights, meta["state"]
+        raise ConfigError(f"{path} has checkpoint format {meta.get('format')!r}; this fedprune reads {FORMAT}: resume "
+                          "it with the fedprune that wrote it")
+    return meta, arrays

@@ -27,20 +27,8 @@ from fedprune.masks import prunable_parameters
 from fedprune.privacy import replay, statement
 from fedprune.privacy.rng import RandomnessSource
 from fedprune.training import evaluate
-from server import checkpoint, report
+from server import checkpoint, report, run_folder
 from server.strategy import FedPrune, from_record, to_record
-
-METRICS_FILE = "metrics.jsonl"
-
-
-def run_folder(config: RunConfig) -> Path:
-    name = config.run_name or time.strftime("run-%Y%m%d-%H%M%S")
-    folder = Path(config.output_dir) / name
-    if folder.exists() and not config.resume and (folder / checkpoint.FILE).exists():
-        raise FileExistsError(f"{folder} already holds a run; set resume=true to continue it or pick another run-name")
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
 
 def build_strategy(config: RunConfig, coordinator: Coordinator, offset: int) -> FedPrune:
     """FedPrune; its coordinator runs the weight channel (DP-FedAvg included, see server/strategy.py)."""
@@ -52,13 +40,14 @@ def build_strategy(config: RunConfig, coordinator: Coordinator, offset: int) -> 
 class RoundLog:
     """Flower's evaluate_fn: evaluate, log, checkpoint and report progress after every round."""
 
-    def __init__(self, config: RunConfig, coordinator: Coordinator, folder: Path, offset: int, progress):
+    def __init__(self, config: RunConfig, coordinator: Coordinator, folder: Path, offset: int, progress,
+                 seconds_before: float = 0.0):
         self.config, self.coordinator, self.folder, self.offset, self.progress = \
             config, coordinator, folder, offset, progress
         data = run_dataset(config.dataset, config.seed)
         self.test = make_loader(data.x_test, data.y_test, 512, shuffle=False)
         self.model = new_model(config)
-        self.started = time.perf_counter()
+        self.started = time.perf_counter() - seconds_before  # a resumed run's clock goes on from its last line
         self.last = None
 
     def __call__(self, server_round: int, arrays):
@@ -75,8 +64,7 @@ class RoundLog:
                 "rejected": len(self.coordinator.rejected), "dropouts": self.coordinator.dropouts,
                 "upload_bytes": self.coordinator.upload_bytes if server_round else [],
                 "seconds": time.perf_counter() - self.started}
-        with open(self.folder / METRICS_FILE, "a") as file:
-            file.write(json.dumps(line) + "\n")
+        run_folder.append_metrics(self.folder, line)
         votes = self.coordinator.last_votes  # before the checkpoint: a resumed run rewrites the same event
         if server_round > 0 and votes is not None and votes["plan"].round == round:
             replay.record_event(self.folder, votes, self.coordinator.eligible, exact=not self.config.private_votes)
@@ -91,26 +79,35 @@ class RoundLog:
 
 def run_federation(grid: Grid, config: RunConfig, progress=print) -> dict:
     """Run (or resume) the federated pruning run ``config`` on ``grid``; returns summary.json's content."""
-    folder = run_folder(config)
+    config = run_folder.with_name(config)
+    try:
+        with run_folder.owned(config) as folder:
+            return _run(grid, config, folder, progress)
+    except run_folder.RunFinished as finished:
+        progress(str(finished))
+        return json.loads((finished.folder / run_folder.SUMMARY).read_text())
+
+
+def _run(grid: Grid, config: RunConfig, folder: Path, progress) -> dict:
     model = new_model(config)
     state = {name: value.detach().numpy() for name, value in model.state_dict().items()}
     shapes = {name: value.shape for name, value in state.items()}
     kind = MaskOnlyCoordinator if config.mode == "mask-only" else Coordinator
     coordinator = kind(config, shapes, list(prunable_parameters(model)))
-    offset, weights = 0, coordinator.compact(state)
+    offset, weights, seconds_before = 0, coordinator.compact(state), 0.0
     if config.resume and (folder / checkpoint.FILE).exists():
         offset, weights, saved = checkpoint.load(folder)
         coordinator.load_state_dict(saved)
-        _truncate_metrics(folder / METRICS_FILE, offset)
+        kept = run_folder.keep_metrics_until(folder, offset)
+        seconds_before = kept[-1]["seconds"] if kept else 0.0
         progress(f"resuming {folder} after round {offset}")
     else:
-        (folder / METRICS_FILE).unlink(missing_ok=True)
+        (folder / run_folder.METRICS).unlink(missing_ok=True)
         (folder / replay.VOTES_FILE).unlink(missing_ok=True)
-    (folder / "config.json").write_text(json.dumps(config.to_mapping(), indent=2) + "\n")
+    run_folder.write_atomic(folder / run_folder.CONFIG, json.dumps(config.to_mapping(), indent=2) + "\n")
 
-    log = RoundLog(config, coordinator, folder, offset, progress)
+    log = RoundLog(config, coordinator, folder, offset, progress, seconds_before)
     stopped = None
-    started = time.perf_counter()
     remaining = config.num_server_rounds - offset
     if remaining > 0:
         try:
@@ -120,29 +117,23 @@ def run_federation(grid: Grid, config: RunConfig, progress=print) -> dict:
             stopped = f"privacy budget: {error.reason if hasattr(error, 'reason') else error}"
             progress(f"stopped: {stopped}")
         except AggregationError as error:
-            _finish(folder, config, coordinator, log, time.perf_counter() - started, f"failed: {error}", None)
+            _finish(folder, config, coordinator, log, f"failed: {error}", None)
             raise
     dense_accuracy = None
     if config.dense_baseline and config.method != "dense":
         progress("dense FedAvg baseline (same seed, same rounds)")
-        dense = config.replace(method="dense", run_name=f"{folder.name}-dense", resume=False,
+        dense = config.replace(method="dense", run_name=f"{folder.name}-dense",
                                budget_epsilon=0.0, dense_baseline=False)
         dense_accuracy = run_federation(grid, dense, progress)["final_accuracy"]
-    return _finish(folder, config, coordinator, log, time.perf_counter() - started, stopped, dense_accuracy)
+    return _finish(folder, config, coordinator, log, stopped, dense_accuracy)
 
 
-def _finish(folder, config, coordinator, log, seconds, stopped, dense_accuracy) -> dict:
-    lines = [json.loads(line) for line in (folder / METRICS_FILE).read_text().splitlines() if line.strip()]
+def _finish(folder, config, coordinator, log, stopped, dense_accuracy) -> dict:
+    lines = run_folder.read_metrics(folder)
+    seconds = time.perf_counter() - log.started  # the whole run's, across resumes
     summary = report.summary(config, coordinator, lines, seconds, stopped, dense_accuracy,
                              RandomnessSource.from_seed(config.privacy_seed if config.privacy_seeded else None))
     summary["run_dir"] = str(folder)
-    (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    run_folder.write_atomic(folder / run_folder.SUMMARY, json.dumps(summary, indent=2) + "\n")
     report.write(folder, summary, lines)
     return summary
-
-
-def _truncate_metrics(path: Path, round: int) -> None:
-    """Drop lines of rounds after the checkpoint (a run killed between log and checkpoint)."""
-    if path.exists():
-        kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["round"] <= round]
-        path.write_text("".join(line + "\n" for line in kept))

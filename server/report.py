@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 from fedprune.config import METHODS, WEIGHT_CHANNELS, RunConfig
 from fedprune.coordinator import Coordinator
 from fedprune.privacy.rng import RandomnessSource
 from fedprune.rounds import mechanism_for
+from server import run_folder
 
 
 def summary(config: RunConfig, coordinator: Coordinator, lines: list[dict], seconds: float, stopped,
@@ -63,7 +65,7 @@ def _mechanism(config: RunConfig, coordinator: Coordinator) -> dict:
 def write(folder: Path, summary: dict, lines: list[dict]) -> None:
     """report.md and the plots beside it."""
     plots = _plots(folder, lines)
-    (folder / "report.md").write_text(_markdown(summary, lines, plots))
+    run_folder.write_atomic(folder / run_folder.REPORT, _markdown(summary, lines, plots))
 
 
 def _privacy_markdown(privacy: dict) -> list[str]:
@@ -117,7 +119,9 @@ def _plots(folder: Path, lines: list[dict]) -> list[str]:
         if legend:
             axis.legend(fontsize=8)
         figure.tight_layout()
-        figure.savefig(folder / name, dpi=100)
+        temporary = folder / f".{name}.tmp"
+        figure.savefig(temporary, dpi=100, format="png")
+        os.replace(temporary, folder / name)  # a reader never sees half a plot
         plt.close(figure)
         names.append(name)
     return names

@@ -65,8 +65,19 @@ def simulate(config: RunConfig, progress=print, num_cpus: int | None = None) -> 
     ``num_cpus``: CPUs Ray may use (default all), so clients train one per CPU.
     """
     from fedprune.rounds import check_federated
+    from server import run_folder
 
+    config = run_folder.with_name(config)
     check_federated(config)
+    try:
+        with run_folder.owned(config):  # checked, created and locked before the engine starts
+            return _simulate(config, progress, num_cpus)
+    except run_folder.RunFinished as finished:
+        progress(str(finished))
+        return json.loads((finished.folder / run_folder.SUMMARY).read_text())
+
+
+def _simulate(config: RunConfig, progress, num_cpus: int | None) -> dict:
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     from flwr.simulation import run_simulation
 

@@ -32,6 +32,7 @@ def write_run_folder(folder, *, clients: int, sparsity: float, accuracy: float):
     (folder / "config.json").write_text(json.dumps(config.to_mapping()))
     summary = report.summary(config, coordinator, [{"round": 2, "accuracy": accuracy, "upload_bytes": [1]}], 1.0,
                              None, None, RandomnessSource.from_seed(0))
+    summary["run_dir"] = str(folder)
     (folder / "summary.json").write_text(json.dumps(summary))
     apply_masks(model, coordinator.masks)
     return config, model.eval(), coordinator.masks, summary

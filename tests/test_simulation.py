@@ -84,7 +84,12 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
     with pytest.raises(Killed):
         simulate(tiny(tmp_path, "killed", **config), progress=kill_after_round_2)
     assert checkpoint.load(tmp_path / "killed")[0] == 2
+    metrics = tmp_path / "killed" / "metrics.jsonl"
+    first_part = json.loads(metrics.read_text().splitlines()[-1])["seconds"]
+    with open(metrics, "a") as file:
+        file.write('{"round": 3, "accur')  # a crash in the middle of writing round 3's line
     resumed = simulate(tiny(tmp_path, "killed", resume=True, **config), progress=lambda line: None)
+    assert resumed["wall_seconds"] > first_part  # the whole run's time, not the last part's
 
     assert resumed["final_accuracy"] == whole["final_accuracy"]
     assert resumed["mask_channel_epsilon"] == whole["mask_channel_epsilon"]
@@ -96,3 +101,12 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
     assert state_r["accountant"] == state_w["accountant"]
     rounds = [json.loads(line)["round"] for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
     assert rounds == [0, 1, 2, 3, 4]
+
+    # resuming a finished run changes nothing and says so
+    files = {p.name: p.read_bytes() for p in (tmp_path / "killed").iterdir() if p.is_file()}
+    lines = []
+    again = simulate(tiny(tmp_path, "killed", resume=True, **config), progress=lines.append)
+    assert again == resumed and lines == [f"{tmp_path / 'killed'} is finished (4 of 4 rounds): nothing to do; its "
+                                          f"results are in {tmp_path / 'killed' / 'summary.json'} and "
+                                          f"{tmp_path / 'killed' / 'report.md'}"]
+    assert {p.name: p.read_bytes() for p in (tmp_path / "killed").iterdir() if p.is_file()} == files

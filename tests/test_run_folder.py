@@ -1,0 +1,74 @@
+"""A run folder belongs to one run: refused names and folders exit 2 before the engine starts; files are whole."""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fedprune.config import RunConfig
+from fedprune.validation import ConfigError
+from run_folders import write_run_folder
+from server import run_folder
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def fedprune(*args, cwd=REPO) -> tuple[subprocess.CompletedProcess, float]:
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "simulations.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=120)
+    return done, time.perf_counter() - started
+
+
+def test_a_folder_another_process_runs_in_is_refused_at_once(tmp_path):
+    config = RunConfig(run_name="busy", output_dir=str(tmp_path))
+    with run_folder.owned(config):  # this test process holds it, as a running `fedprune run` would
+        done, seconds = fedprune("run", "--name", "busy", "--out", str(tmp_path))
+    assert done.returncode == 2, done.stderr
+    assert f"{tmp_path / 'busy'} is in use by another fedprune run (pid " in done.stderr
+    assert "Ray" not in done.stderr + done.stdout and seconds < 60
+    assert not (tmp_path / "busy" / "metrics.jsonl").exists()
+
+
+def test_a_finished_run_name_is_refused_with_the_resume_command(tmp_path):
+    write_run_folder(tmp_path / "done", clients=2, sparsity=0.5, accuracy=0.9)
+    done, _ = fedprune("run", "--name", "done", "--out", str(tmp_path))
+    assert done.returncode == 2
+    assert f"already holds a run: continue it with `fedprune run --resume {tmp_path / 'done'}`" in done.stderr
+
+
+def test_resuming_a_finished_run_changes_nothing(tmp_path):
+    _, _, _, summary = write_run_folder(tmp_path / "done", clients=2, sparsity=0.5, accuracy=0.9)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "done").iterdir()}
+    done, _ = fedprune("run", "--resume", str(tmp_path / "done"))
+    assert done.returncode == 0, done.stderr
+    assert "is finished (2 of 2 rounds): nothing to do" in done.stdout
+    assert {p.name: p.read_bytes() for p in (tmp_path / "done").iterdir()} == before
+
+
+def test_an_output_folder_that_cannot_be_made_is_refused(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    done, _ = fedprune("run", "--out", str(tmp_path / "file" / "runs"))
+    assert done.returncode == 2
+    assert "cannot create the run folder" in done.stderr and "pass --out a folder you can write" in done.stderr
+
+
+def test_a_torn_last_metrics_line_is_dropped_and_a_torn_earlier_one_is_an_error(tmp_path):
+    lines = [{"round": r, "accuracy": 0.5} for r in range(3)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines) + '{"round": 3, "acc')
+    assert run_folder.read_metrics(tmp_path) == lines
+    assert run_folder.keep_metrics_until(tmp_path, 1) == lines[:2]
+    assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 2
+    (tmp_path / "metrics.jsonl").write_text('{"round": 0}\n{"rou\n{"round": 2}\n')
+    with pytest.raises(ConfigError, match="line 2 is not JSON"):
+        run_folder.read_metrics(tmp_path)
+
+
+def test_write_atomic_replaces_whole_files_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "summary.json"
+    run_folder.write_atomic(path, "old")
+    run_folder.write_atomic(path, "new")
+    assert path.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["summary.json"]
