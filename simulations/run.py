@@ -12,11 +12,13 @@ import argparse
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 
 from fedprune.config import RunConfig
 from fedprune.validation import ConfigError
 
+WORKER = "FEDPRUNE_RUN_WORKER"  # the resolved settings, in the environment of the supervised child
 SHORTCUTS = {  # option -> config key
     "rounds": "num-server-rounds", "clients": "num-clients", "dataset": "dataset", "model": "model",
     "sparsity": "target-sparsity", "method": "method", "mechanism": "mechanism",
@@ -103,8 +105,29 @@ def _simulate(config: RunConfig, progress, num_cpus: int | None) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
-    summary = simulate(config, progress=(lambda line: None) if args.quiet else print)
+    """Check the settings and the run folder here (exit 2 before any work), then run the job supervised."""
+    from fedprune.rounds import check_federated
+    from server import run_folder
+    from simulations.supervise import supervise
+
+    progress = (lambda line: None) if args.quiet else print
+    if WORKER in os.environ:  # the supervised child: the settings were resolved by the supervisor
+        return _report(simulate(RunConfig.from_mapping(json.loads(os.environ[WORKER])), progress=progress))
+    config = run_folder.with_name(config_from_args(args))
+    check_federated(config)
+    try:
+        run_folder.check(config)
+    except run_folder.RunFinished as finished:
+        print(finished)
+        return 0
+    folder = run_folder.folder_of(config)
+    command = [sys.executable, "-m", "simulations.cli", "run"] + (["--quiet"] if args.quiet else [])
+    return supervise(command, {**os.environ, WORKER: json.dumps(config.to_mapping())},
+                     on_stop=lambda: f"the run stopped; its last finished round is kept in {folder}. Continue it with "
+                                     f"`fedprune run --resume {folder}`")
+
+
+def _report(summary: dict) -> int:
     print(f"final accuracy {summary['final_accuracy']:.4f}  density {summary['density']:.3f}")
     for unit, figure in summary["privacy"]["end_to_end"].items():
         shown = (f"{figure['epsilon']:.4g} at delta {summary['delta']:g}, {figure['trust_model']} trust model: holds "

@@ -58,7 +58,8 @@ def statement(config: RunConfig, channel: WeightChannel | None, accountant: Acco
     end_to_end, against_server = {}, {}
     for unit in UNITS:
         epsilon = accountant.epsilon(config.delta, unit)
-        model = "none" if epsilon is None else weakest(t[unit] for t in trust.values())
+        # nothing released yet holds against everyone
+        model = "none" if epsilon is None else weakest(t[unit] for t in trust.values()) if epsilon > 0 else "local"
         end_to_end[unit] = {
             "epsilon": epsilon, "trust_model": model, "holds_against": holds_against(model),
             "why_none": accountant.unprotected(unit) if epsilon is None else [],
@@ -79,4 +80,6 @@ def short(config: RunConfig, statement: dict) -> str:
     figure = statement["end_to_end"][config.unit]
     if figure["epsilon"] is None:
         return f"eps({config.unit}) none ({'; '.join(figure['why_none'])})"
+    if figure["epsilon"] == 0:
+        return f"eps({config.unit}) 0 (nothing released yet)"
     return f"eps({config.unit}, {figure['trust_model']}) {figure['epsilon']:.3g}"
