@@ -8,13 +8,16 @@ The ServerApp itself waits until both SuperNodes are online, so the run starts r
 """
 
 import json
+import os
 import shutil
+import signal
 import subprocess
+from pathlib import Path
 
 import httpx
 import pytest
 
-from deploy_helpers import EXECUTABLES, Deployment, make_node_key
+from deploy_helpers import EXECUTABLES, REPO, Deployment, descendants, free_port, make_node_key
 from fedprune.privacy.closed_form import rr_composition_epsilon
 
 pytestmark = pytest.mark.slow
@@ -113,3 +116,44 @@ def test_tls_and_supernode_authentication_refuse_an_unregistered_node(deployment
     nodes = deployment.supernodes()
     assert {node["node-id"] for node in nodes} == registered
     assert all(node["status"] == "online" for node in nodes), nodes
+
+
+def test_flwr_run_dot_on_the_local_simulation_runs_with_the_nodes_it_has(tmp_path):
+    # `flwr run .` as the README gives it: Flower 1.41 starts a local SuperLink whose simulation has 2 SuperNodes;
+    # the run asks for 10 (pyproject's num-clients) and must still finish, on 2, saying so.
+    home = tmp_path / "flwr-home"
+    env = dict(os.environ, FLWR_HOME=str(home), FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1",
+               FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1", FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(free_port()),
+               FLWR_LOCAL_CONTROL_API_PORT=str(free_port()), FEDPRUNE_CACHE=str(tmp_path / "cache"),
+               HF_DATASETS_OFFLINE="1", NO_COLOR="1", COLUMNS="200")
+    out = tmp_path / "runs"
+    overrides = (f"num-server-rounds=2 dataset='digits' model='mlp' local-epochs=2 batch-size=64 schedule='oneshot' "
+                 f"prune-start=1 prune-end=1 target-sparsity=0.5 output-dir='{out}' run-name='local'")
+    try:
+        done = subprocess.run(["flwr", "run", ".", "--stream", "--run-config", overrides], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=400)
+    finally:
+        _kill_local_superlink(home)
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = json.loads((out / "local" / "summary.json").read_text())
+    assert summary["rounds"] == 2 and summary["clients"] == 2 and summary["density"] == pytest.approx(0.5, abs=1e-3)
+    assert "the federation has 2 SuperNodes, fewer than num-clients = 10: running with num-clients = 2" in done.stdout
+    assert [p.name for p in out.iterdir()] == ["local"]  # no stray run folder
+
+
+def _kill_local_superlink(home) -> None:
+    """The local SuperLink `flwr run` detached (it logs under ``home``), with everything below it."""
+    roots = [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()
+             and str(home) in _cmdline(int(entry.name))]
+    for pid in descendants(roots):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
