@@ -35,8 +35,8 @@ from fedprune.privacy.accountant import Accountant
 from fedprune.privacy.mechanisms import MaskReport
 from fedprune.privacy.rng import privacy_rng
 from fedprune.privacy.statement import statement
-from fedprune.rounds import (RoundPlan, check_federated, mask_events, mechanism_for, next_global_masks, plan_round,
-                             server_scores)
+from fedprune.rounds import (RoundPlan, check_federated, mask_events, mask_release, mechanism_for, next_global_masks,
+                             plan_round, server_scores)
 from fedprune.validation import ConfigError
 
 UNITS = ("record", "client")
@@ -175,8 +175,9 @@ class Coordinator:
     def record(self, plan: RoundPlan, clients: list[str], dpsgd=None) -> None:
         for event, units in self.round_events(plan, dpsgd):
             self.accountant.record(event, units=units, clients=clients)
-        for event, units in mask_events(self.config, plan):
-            self.mask_accountant.record(event, units=units, clients=clients)
+        alone = mask_release(self.config, plan)  # post-processing is free only beside what it processes
+        if alone is not None:
+            self.mask_accountant.record(alone, units=UNITS, clients=clients)
 
     def privacy(self) -> dict:
         """The privacy statement: per channel and end to end, per unit, and whom each figure holds against."""

@@ -190,10 +190,9 @@ def mask_events(config: RunConfig, plan: RoundPlan) -> list[tuple[events.Event, 
     In a unit where the client's trained weights are already a DP output (DP-SGD: record level) and
     the scorer reads only the weights, the mask is post-processing of them and costs nothing more.
     """
-    if not plan.report:
+    event = mask_release(config, plan)
+    if event is None:
         return []
-    mechanism = mechanism_for(config, plan)
-    event = events.Unprotected("exact mask votes sent without privacy") if mechanism is None else mechanism.event()
     free = mask_post_processing_units(config)
     charged = tuple(unit for unit in events.UNITS if unit not in free)
     out = [(event, charged)] if charged else []
@@ -201,6 +200,14 @@ def mask_events(config: RunConfig, plan: RoundPlan) -> list[tuple[events.Event, 
         out.append((events.PostProcessing(f"mask reports scored by {config.scorer} from the {config.weight_channel}-"
                                           "trained weights alone"), free))
     return out
+
+
+def mask_release(config: RunConfig, plan: RoundPlan) -> events.Event | None:
+    """The mask report's own event, as if it were the only release (None outside reporting rounds)."""
+    if not plan.report:
+        return None
+    mechanism = mechanism_for(config, plan)
+    return events.Unprotected("exact mask votes sent without privacy") if mechanism is None else mechanism.event()
 
 
 def mask_post_processing_units(config: RunConfig) -> tuple[str, ...]:
