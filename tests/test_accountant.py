@@ -346,3 +346,11 @@ def test_a_ledger_of_unsampled_gaussians_is_the_analytic_gaussian_exactly():
     assert accountant.epsilon(DELTA, "client") == analytic_gaussian_epsilon(1.0, DELTA, sensitivity=shift)
     accountant.record(randomized_response(1.0), units=["client"], clients=["a"])  # no longer Gaussians only
     assert accountant.epsilon(DELTA, "client") > analytic_gaussian_epsilon(1.0, DELTA, sensitivity=shift)
+
+
+def test_a_gaussian_too_weak_for_the_grid_composes_by_parts_and_stays_an_upper_bound():
+    accountant = Accountant()
+    accountant.record(Gaussian(1e-6), units=["client"], clients=["a"])
+    accountant.record(randomized_response(1.0, count=10), units=["client"], clients=["a"])
+    gaussian_half = analytic_gaussian_epsilon(1e-6, DELTA / 2, sensitivity=2.0)
+    assert accountant.epsilon(DELTA, "client") == pytest.approx(gaussian_half + 10.0, rel=1e-9)

@@ -125,11 +125,17 @@ class Accountant:
         """
         delta = _delta(delta)
 
-        def figure(ledger):
+        def figure(ledger, delta=delta):
             shift = _gaussian_shift(ledger)
             if shift is not None:
                 return analytic_gaussian_epsilon(1.0, delta, sensitivity=shift)
-            return min(self._figure(ledger, ("epsilon", delta), lambda pld: _epsilon(pld, delta)), _basic(ledger))
+            try:
+                return min(self._figure(ledger, ("epsilon", delta), lambda pld: _epsilon(pld, delta)), _basic(ledger))
+            except OverflowError:  # a Gaussian so weak its loss overflows the grid: compose by parts instead
+                plain = {key: n for key, n in ledger.items() if key[0] == "gaussian" and key[2] == 1.0}
+                rest = {key: n for key, n in ledger.items() if key not in plain}
+                # (e1, d/2) and (e2, d/2) compose to (e1 + e2, d) (basic composition)
+                return figure(plain, delta / 2) + (figure(rest, delta / 2) if rest else 0.0)
         return self._worst(unit, client, figure)
 
     def delta_for(self, epsilon: float, unit: str, client: str | None = None) -> float | None:
