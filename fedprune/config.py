@@ -90,6 +90,7 @@ class RunConfig:
             raise ConfigError(f"weight-decay must be >= 0, got {self.weight_decay}")
         positive("dirichlet-alpha", self.dirichlet_alpha)
         pick("method", self.method, METHODS)
+        _check_names(self)
         pick("schedule", self.schedule, dict.fromkeys(SCHEDULE_NAMES))
         pick("weight channel", self.weight_channel, WEIGHT_CHANNELS)
         pick("mode", self.mode, MODES)
@@ -162,6 +163,26 @@ class RunConfig:
 
     def replace(self, **changes) -> RunConfig:
         return dataclasses.replace(self, **changes)
+
+
+def _check_names(config: RunConfig) -> None:
+    """Every named choice against its registry, so a misspelt one fails here and not rounds later."""
+    from fedprune.data import DATASETS  # imported here: the registries pull in torch and the models
+    from fedprune.distributions import DISTRIBUTIONS
+    from fedprune.models import MODELS
+    from fedprune.partitioning import PARTITION_METHODS
+    from fedprune.privacy.mechanisms import MECHANISMS
+    from fedprune.scorers import SCORERS
+    from fedprune.training import OPTIMIZERS
+
+    pick("mechanism", config.mechanism, {**MECHANISMS, "none": None})
+    pick("scorer", config.scorer, SCORERS)
+    pick("distribution", config.distribution, DISTRIBUTIONS)
+    pick("optimizer", config.optimizer, OPTIMIZERS)
+    pick("model", config.model, MODELS)
+    pick("partitioner", config.partitioner, dict.fromkeys(PARTITION_METHODS))
+    if not str(config.dataset).startswith("hf:"):
+        pick("dataset", config.dataset, {**DATASETS, "hf:<name or local path>": None})
 
 
 def _key(name: str) -> str:

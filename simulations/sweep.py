@@ -98,6 +98,8 @@ def load_grid(path: str | Path) -> tuple[dict, dict]:
         data = tomllib.loads(Path(path).read_text())
     except OSError as error:
         raise ConfigError(f"cannot read the sweep file {path}: {error}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {error.start}); save the sweep file as UTF-8") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path} is not valid TOML ({error}); write [base] key = value and [grid] key = [values]")
     extra = sorted(set(data) - set(TABLES))

@@ -102,3 +102,11 @@ def test_default_schedule_reaches_the_target_by_prune_end():
     assert schedule.sparsity_at(config.prune_end) == pytest.approx(config.target_sparsity)
     updates = [r for r in range(1, config.num_server_rounds + 1) if schedule.is_update_round(r)]
     assert updates and max(updates) == config.prune_end
+
+
+@pytest.mark.parametrize("key", ["mechanism", "scorer", "distribution", "optimizer", "model", "partitioner", "dataset"])
+def test_every_named_setting_is_checked_where_it_enters(key):
+    with pytest.raises(ConfigError, match=f"unknown {key} 'bogus'; valid {key}s: "):
+        RunConfig(**{key: "bogus"})
+    with pytest.raises(ConfigError, match=f"unknown {key} 'bogus'"):
+        RunConfig.from_mapping({key: "bogus"})

@@ -41,10 +41,18 @@ def grid_file(tmp_path, text) -> Path:
     ("[grid]\nstructure = ['unstructured', 'blocks']\n", "structure 'blocks' is not supported in federated runs"),
     ("[grid]\nscorer = ['magnitude', 'l1_units']\n", "scorer 'l1_units' scores whole units"),
     ("[grid]\ntarget-sparsity = [0.5, 1.5]\n", "target-sparsity"),
+    ("[grid]\nmechanism = ['subset', 'randomised-response']\n", "unknown mechanism 'randomised-response'"),
 ])
 def test_a_bad_grid_is_refused_with_the_fix(tmp_path, text, match):
     with pytest.raises(ConfigError, match=match):  # --dry-run: a grid that wrongly passed would run nothing
         sweep.run(args_for(grid_file(tmp_path, text), tmp_path / "out", "--dry-run"))
+
+
+def test_a_sweep_file_that_is_not_utf8_is_refused(tmp_path):
+    path = tmp_path / "grid.toml"
+    path.write_bytes("[grid]\n# caf\u00e9\nseed = [0, 1]\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="is not UTF-8 text .*save the sweep file as UTF-8"):
+        sweep.run(args_for(path, tmp_path / "out", "--dry-run"))
 
 
 def test_a_misspelt_grid_key_fails_before_any_run(tmp_path):
