@@ -113,7 +113,9 @@ class RunConfig:
         if self.seed < 0:
             raise ConfigError(f"seed must be >= 0, got {self.seed}")
         if self.min_replies > self.num_clients:
-            raise ConfigError(f"min-replies ({self.min_replies}) exceeds num-clients ({self.num_clients})")
+            raise ConfigError(f"min-replies ({self.min_replies}) exceeds num-clients ({self.num_clients}): a round could "
+                              f"never complete; set min-replies to at most {self.num_clients} (--set min-replies="
+                              f"{self.num_clients}) or raise num-clients")
 
     @property
     def private_votes(self) -> bool:

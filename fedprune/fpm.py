@@ -73,7 +73,10 @@ def write(path: str | Path, header: dict, arrays: list[np.ndarray]) -> int:
     body = b"".join([_PREFIX.pack(MAGIC, VERSION, len(compressed), total), compressed, head_pad, *chunks])
     data = body + hashlib.sha256(body).digest()
     path = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}", suffix=".tmp")
+    try:
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}", suffix=".tmp")
+    except OSError as error:
+        raise ConfigError(f"cannot write {path} ({error.strerror}); pass a path in a folder you can write") from None
     try:  # a temporary name, then a rename: an interrupted export never leaves half a model
         with os.fdopen(handle, "wb") as file:
             file.write(data)

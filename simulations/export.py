@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from fedprune import footprint
@@ -39,6 +40,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--batch-sizes must be comma-separated integers, e.g. 1,64; got {args.batch_sizes!r}") \
             from None
     output = Path(args.output) if args.output else Path(args.run_dir) / "model.fpm"
+    if not output.parent.is_dir() or not os.access(output.parent, os.W_OK):  # before the minutes of calibration
+        raise ConfigError(f"cannot write {output}: {output.parent} is not a folder you can write; pass -o a path in "
+                          "one")
     result = export_run(args.run_dir, output, batch_sizes=batch_sizes, threads=args.threads,
                         budget_s=args.budget, calibrate=not args.no_calibrate)
     print(json.dumps(result, indent=2) if args.json else format_result(result))

@@ -173,3 +173,14 @@ def test_export_refuses_a_folder_that_is_not_a_finished_run(tmp_path, run_folder
         export_run(tmp_path, tmp_path / "m.fpm")
     with pytest.raises(ConfigError, match="not a folder"):
         export_run(tmp_path / "absent", tmp_path / "m.fpm")
+
+
+def test_export_to_a_folder_that_cannot_be_written_exits_2_before_any_work(run_folder, tmp_path, capsys):
+    from simulations.cli import main
+
+    folder, _, _ = run_folder
+    (tmp_path / "file").write_text("not a folder")
+    assert main(["export", str(folder), "-o", str(tmp_path / "file" / "m.fpm"), "--no-calibrate"]) == 2
+    assert "is not a folder you can write; pass -o a path in one" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="cannot write .*pass a path in a folder you can write"):
+        fpm.write(tmp_path / "absent" / "m.fpm", {}, [])
