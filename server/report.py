@@ -64,13 +64,22 @@ def _mechanism(config: RunConfig, coordinator: Coordinator) -> dict:
 
 def write(folder: Path, summary: dict, lines: list[dict]) -> None:
     """report.md and the plots beside it."""
-    plots = _plots(folder, lines)
+    plots = _plots(folder, summary, lines)
     run_folder.write_atomic(folder / run_folder.REPORT, _markdown(summary, lines, plots))
+
+
+def _number(value, none: str = "none") -> str:
+    """A figure for people: thousands grouped, four significant digits below 1,000, ``none`` for None."""
+    if value is None:
+        return none
+    if isinstance(value, int) or abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.4g}"
 
 
 def _privacy_markdown(privacy: dict) -> list[str]:
     """Per unit: the end-to-end figure, its trust model and whom it holds against; then each channel's trust."""
-    fmt = lambda v: "none" if v is None else f"{v:.4g}"  # noqa: E731
+    fmt = _number
     out = ["## Privacy", "", f"Delta {privacy['delta']:g}; replace-one neighbours; the run declared unit "
                              f"**{privacy['unit']}**.", "",
            "| unit | end-to-end epsilon | trust model | holds against | against the server | why none |",
@@ -92,32 +101,45 @@ def _privacy_markdown(privacy: dict) -> list[str]:
     return out
 
 
-def _plots(folder: Path, lines: list[dict]) -> list[str]:
+def _plots(folder: Path, summary: dict, lines: list[dict]) -> list[str]:
+    """accuracy.png (with the dense baseline when trained), density.png, epsilon.png; a series that ends
+    null (no guarantee) is named on the plot as none rather than drawn."""
     if not lines:
         return []
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     rounds = [line["round"] for line in lines]
     series = {
-        "accuracy.png": ("test accuracy", [[line["accuracy"] for line in lines]], None),
-        "density.png": ("density (fraction of weights kept)", [[line["density"] for line in lines]], None),
-        "epsilon.png": ("epsilon spent (worst client)", [
-            [_nan(line["epsilon"].get(unit)) for line in lines] for unit in ("record", "client")
-        ] + [[_nan(line["mask_channel_epsilon"].get("client")) for line in lines]],
-            ["end-to-end, record", "end-to-end, client", "mask channel alone"]),
+        "accuracy.png": ("test accuracy", {"federated": [line["accuracy"] for line in lines]}),
+        "density.png": ("density (fraction of weights kept)", {"global mask": [line["density"] for line in lines]}),
+        "epsilon.png": ("epsilon spent (worst client)", {
+            **{f"end to end, {unit} level": [line["epsilon"].get(unit) for line in lines]
+               for unit in ("record", "client")},
+            "mask channel alone, client level": [line["mask_channel_epsilon"].get("client") for line in lines]}),
     }
     names = []
-    for name, (label, values, legend) in series.items():
-        figure, axis = plt.subplots(figsize=(5, 3.2))
-        for i, ys in enumerate(values):
-            axis.plot(rounds, ys, marker="o", markersize=3, label=legend[i] if legend else None)
+    for name, (label, values) in series.items():
+        figure, axis = plt.subplots(figsize=(5.5, 3.4))
+        missing = []
+        for legend, ys in values.items():
+            if ys[-1] is None:  # a guarantee, once lost, never comes back
+                first = next(r for r, y in zip(rounds, ys) if y is None)
+                missing.append(f"{legend}: none (no guarantee from round {first})")
+                continue
+            axis.plot(rounds, [_nan(y) for y in ys], marker="o", markersize=3, label=legend)
+        if name == "accuracy.png" and summary.get("dense_fedavg_accuracy") is not None:
+            axis.axhline(summary["dense_fedavg_accuracy"], color="grey", linestyle="--",
+                         label=f"dense FedAvg, final ({summary['dense_fedavg_accuracy']:.3f})")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_xlabel("round")
         axis.set_ylabel(label)
-        if legend:
-            axis.legend(fontsize=8)
+        axis.set_title("\n".join([Path(summary.get("run_dir") or folder).name, *missing]), fontsize=8)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=8, loc="lower right" if name == "accuracy.png" else "best")
         figure.tight_layout()
         temporary = folder / f".{name}.tmp"
         figure.savefig(temporary, dpi=100, format="png")
@@ -134,7 +156,7 @@ def _nan(value):
 def _markdown(summary: dict, lines: list[dict], plots: list[str]) -> str:
     eps = summary["epsilon"]
     mask = summary["mask_channel_epsilon"]
-    fmt = lambda v: "none (no guarantee)" if v is None else f"{v:.4g}"  # noqa: E731
+    fmt = _number
     out = [
         "# fedprune run",
         "",
@@ -144,16 +166,16 @@ def _markdown(summary: dict, lines: list[dict], plots: list[str]) -> str:
         "",
         "| figure | value |",
         "|---|---|",
-        f"| final accuracy | {summary['final_accuracy']} |",
-        f"| dense FedAvg accuracy (same seed, rounds) | {summary['dense_fedavg_accuracy']} |",
+        f"| final accuracy | {fmt(summary['final_accuracy'], 'none (no round ran)')} |",
+        f"| dense FedAvg accuracy (same seed, rounds) | {fmt(summary['dense_fedavg_accuracy'], 'not trained')} |",
         f"| density | {summary['density']:.4f} |",
         f"| rounds, clients | {summary['rounds']}, {summary['clients']} |",
-        f"| epsilon, record level (end to end, worst client) | {fmt(eps['record'])} |",
-        f"| epsilon, client level (end to end, worst client) | {fmt(eps['client'])} |",
-        f"| epsilon of the mask channel alone, client level | {fmt(mask['client'])} |",
-        f"| delta | {summary['delta']} |",
-        f"| upload bytes per client-round (dense FedAvg) | {summary['upload_bytes_per_client_round']} "
-        f"({summary['dense_upload_bytes_per_client_round']}) |",
+        f"| epsilon, record level (end to end, worst client) | {fmt(eps['record'], 'none (no guarantee)')} |",
+        f"| epsilon, client level (end to end, worst client) | {fmt(eps['client'], 'none (no guarantee)')} |",
+        f"| epsilon of the mask channel alone, client level | {fmt(mask['client'], 'none (no guarantee)')} |",
+        f"| delta | {summary['delta']:g} |",
+        f"| upload bytes per client-round (dense FedAvg) | {fmt(summary['upload_bytes_per_client_round'], 'none')} "
+        f"({fmt(summary['dense_upload_bytes_per_client_round'])}) |",
         f"| rejected replies, dropouts | {summary['rejected_replies']}, {summary['dropouts']} |",
         f"| wall seconds | {summary['wall_seconds']:.1f} |",
         f"| privacy randomness | {summary['privacy_randomness']['source']} |",
@@ -163,8 +185,9 @@ def _markdown(summary: dict, lines: list[dict], plots: list[str]) -> str:
     mechanism = summary["mechanism"]
     if "trust_model" in mechanism:
         out += ["", f"Mask reports: {mechanism['trust_model']}. Unit {mechanism.get('unit')}, Hamming bound "
-                    f"{mechanism.get('hamming_bound')}, epsilon per decision {mechanism.get('epsilon_per_decision')}, "
-                    f"per report {mechanism.get('epsilon_per_report')}."]
+                    f"{fmt(mechanism.get('hamming_bound'))}, epsilon per decision "
+                    f"{fmt(mechanism.get('epsilon_per_decision'))}, per report "
+                    f"{fmt(mechanism.get('epsilon_per_report'))}."]
     if "mask_only" in summary:
         mode = summary["mask_only"]
         out += ["", "Mode **mask-only**: a client sends its mask sample and its client id (public), nothing else, so "
