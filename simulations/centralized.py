@@ -98,6 +98,11 @@ def config_from_args(args: argparse.Namespace) -> CentralizedConfig:
 
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
+    steps = 1 if config.schedule == "oneshot" else config.prune_steps
+    epochs = config.train.epochs + len(config.sparsities) * steps * config.finetune_epochs
+    print(f"{epochs} training epochs in all: {config.train.epochs} dense, then {len(config.sparsities)} targets x "
+          f"{steps} pruning step(s) x {config.finetune_epochs} fine-tuning epochs (fewer: --sparsities 0.9 "
+          "--schedule oneshot --finetune-epochs 3)")
     result = run_centralized(config, progress=print)
     folder = run_dir(args.out, args.name, "centralized")
     write_json(folder / "summary.json", result)
@@ -187,6 +192,7 @@ def _measure(model, masks, data, test_loader) -> dict:
 
 def markdown_report(result: dict) -> str:
     config, dense = result["config"], result["dense"]
+    steps = "one step" if config["schedule"] == "oneshot" else f"{config['prune_steps']} steps"
     rows = [["dense", 1.0, dense["accuracy"], dense["nonzero_parameters"], dense["dense_bytes"],
              dense["compressed_bytes"], dense["latency"]["batch_1_ms"], dense["latency"]["batch_64_ms"]]]
     rows += [[f"{r['target_sparsity']:.0%} sparse", r["density"], r["accuracy"], r["nonzero_parameters"],
@@ -196,7 +202,7 @@ def markdown_report(result: dict) -> str:
                             "compressed bytes", "latency b=1 (ms)", "latency b=64 (ms)"], rows)
     return (
         f"# Centralized pruning: {config['model']} on {result['dataset']['name']}\n\n"
-        f"Schedule {config['schedule']} ({config['prune_steps']} steps), scorer {config['scorer']}, "
+        f"Schedule {config['schedule']} ({steps}), scorer {config['scorer']}, "
         f"distribution {config['distribution']}, structure {config['structure']}, "
         f"rewind epoch {config['rewind_epoch']}, seed {config['seed']}.\n\n{table}\n\n"
         "Latency is of the masked model on dense kernels (one thread); compressed bytes store a "

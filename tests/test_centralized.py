@@ -21,8 +21,17 @@ def test_centralized_writes_a_report_with_every_figure(tmp_path, capsys):
         assert result["compressed_bytes"] < dense["dense_bytes"]
         assert set(result["latency"]) == {"batch_1_ms", "batch_64_ms"}
     assert pruned[1]["compressed_bytes"] < pruned[0]["compressed_bytes"]
-    assert "| 90% sparse |" in (tmp_path / "c" / "report.md").read_text()
-    assert "dense: accuracy" in capsys.readouterr().out
+    report = (tmp_path / "c" / "report.md").read_text()
+    assert "| 90% sparse |" in report and "Schedule geometric (2 steps)" in report
+    out = capsys.readouterr().out
+    assert "dense: accuracy" in out
+    assert out.startswith("7 training epochs in all: 3 dense, then 2 targets x 2 pruning step(s) x 1 fine-tuning")
+
+
+def test_a_oneshot_report_says_one_step(tmp_path):
+    assert main(["centralized", "--dataset", "digits", "--model", "mlp", "--epochs", "1", "--sparsities", "0.5",
+                 "--schedule", "oneshot", "--finetune-epochs", "1", "--out", str(tmp_path), "--name", "o"]) == 0
+    assert "Schedule oneshot (one step)" in (tmp_path / "o" / "report.md").read_text()
 
 
 @pytest.mark.parametrize("args, message", [
