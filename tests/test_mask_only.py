@@ -252,7 +252,7 @@ def test_resuming_from_a_checkpoint_gives_the_uninterrupted_result(tmp_path):
 # --- the command line, on the default data --------------------------------------------------------
 
 @pytest.mark.slow
-def test_fedprune_run_mask_only_two_rounds_then_resume(tmp_path):
+def test_fedprune_run_mask_only_two_rounds_then_resume(tmp_path, capfd):
     from simulations.cli import main
 
     base = ["run", "--mode", "mask-only", "--out", str(tmp_path), "--name", "mo", "--quiet", "--set", "privacy-seed=5",
@@ -267,7 +267,12 @@ def test_fedprune_run_mask_only_two_rounds_then_resume(tmp_path):
     assert_matches(summary["epsilon"]["client"], rr_composition_epsilon(2.0, 2 * d, DELTA))
     assert summary["upload_bytes_per_client_round"] == math.ceil(d / 8)
     assert summary["dense_upload_bytes_per_client_round"] > 32 * math.ceil(d / 8)
-    assert "Mode **mask-only**" in (folder / "report.md").read_text()
+    report = (folder / "report.md").read_text()
+    assert "Mode **mask-only**" in report and "None" not in report
+    out = capfd.readouterr().out  # the supervised child's final lines: figures for people, no Python None
+    eps = summary["epsilon"]["client"]
+    assert f"epsilon, client level, end to end: {eps:.4g} at delta 1e-05, local trust model: holds against " \
+           "everyone, the server included" in out and "None" not in out
 
     assert main(["run", "--resume", str(folder), "--rounds", "3", "--quiet"]) == 0
     summary = json.loads((folder / "summary.json").read_text())

@@ -56,6 +56,15 @@ def test_an_output_folder_that_cannot_be_made_is_refused(tmp_path):
     assert "cannot create the run folder" in done.stderr and "pass --out a folder you can write" in done.stderr
 
 
+def test_an_unreadable_checkpoint_names_the_real_fix(tmp_path):
+    write_run_folder(tmp_path / "broken", clients=2, sparsity=0.5, accuracy=0.9)
+    (tmp_path / "broken" / "checkpoint.npz").write_bytes(b"not a zip")
+    (tmp_path / "broken" / "summary.json").unlink()  # killed before it finished
+    done, _ = fedprune("run", "--resume", str(tmp_path / "broken"))
+    assert done.returncode == 2
+    assert f"start the run again under another --name (or delete {tmp_path / 'broken'})" in done.stderr
+
+
 def test_a_torn_last_metrics_line_is_dropped_and_a_torn_earlier_one_is_an_error(tmp_path):
     lines = [{"round": r, "accuracy": 0.5} for r in range(3)]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines) + '{"round": 3, "acc')
