@@ -68,7 +68,7 @@ def write(folder: Path, summary: dict, lines: list[dict]) -> None:
     run_folder.write_atomic(folder / run_folder.REPORT, _markdown(summary, lines, plots))
 
 
-def _number(value, none: str = "none") -> str:
+def number(value, none: str = "none") -> str:
     """A figure for people: thousands grouped, four significant digits below 1,000, ``none`` for None."""
     if value is None:
         return none
@@ -79,7 +79,7 @@ def _number(value, none: str = "none") -> str:
 
 def _privacy_markdown(privacy: dict) -> list[str]:
     """Per unit: the end-to-end figure, its trust model and whom it holds against; then each channel's trust."""
-    fmt = _number
+    fmt = number
     out = ["## Privacy", "", f"Delta {privacy['delta']:g}; replace-one neighbours; the run declared unit "
                              f"**{privacy['unit']}**.", "",
            "| unit | end-to-end epsilon | trust model | holds against | against the server | why none |",
@@ -156,7 +156,7 @@ def _nan(value):
 def _markdown(summary: dict, lines: list[dict], plots: list[str]) -> str:
     eps = summary["epsilon"]
     mask = summary["mask_channel_epsilon"]
-    fmt = _number
+    fmt = number
     out = [
         "# fedprune run",
         "",

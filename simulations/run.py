@@ -128,14 +128,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _report(summary: dict) -> int:
+    from server.report import number
+
     print(f"final accuracy {summary['final_accuracy']:.4f}  density {summary['density']:.3f}")
     for unit, figure in summary["privacy"]["end_to_end"].items():
-        shown = (f"{figure['epsilon']:.4g} at delta {summary['delta']:g}, {figure['trust_model']} trust model: holds "
+        shown = (f"{number(figure['epsilon'])} at delta {summary['delta']:g}, {figure['trust_model']} trust model: holds "
                  f"against {figure['holds_against']}" if figure["epsilon"] is not None
                  else f"none ({'; '.join(figure['why_none'])})")
         print(f"epsilon, {unit} level, end to end: {shown}")
     mask = summary["privacy"]["channels"].get("mask", {}).get("epsilon")
     if mask is not None and summary["epsilon"]["client"] is None and mask["client"] is not None:
-        print(f"  (the mask channel alone, client level: {mask['client']:.4g})")
+        print(f"  (the mask channel alone, client level: {number(mask['client'])})")
     print(f"results in {summary['run_dir']}")
     return 0

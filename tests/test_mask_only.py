@@ -253,6 +253,7 @@ def test_resuming_from_a_checkpoint_gives_the_uninterrupted_result(tmp_path):
 
 @pytest.mark.slow
 def test_fedprune_run_mask_only_two_rounds_then_resume(tmp_path, capfd):
+    from server.report import number
     from simulations.cli import main
 
     base = ["run", "--mode", "mask-only", "--out", str(tmp_path), "--name", "mo", "--quiet", "--set", "privacy-seed=5",
@@ -271,7 +272,7 @@ def test_fedprune_run_mask_only_two_rounds_then_resume(tmp_path, capfd):
     assert "Mode **mask-only**" in report and "None" not in report
     out = capfd.readouterr().out  # the supervised child's final lines: figures for people, no Python None
     eps = summary["epsilon"]["client"]
-    assert f"epsilon, client level, end to end: {eps:.4g} at delta 1e-05, local trust model: holds against " \
+    assert f"epsilon, client level, end to end: {number(eps)} at delta 1e-05, local trust model: holds against " \
            "everyone, the server included" in out and "None" not in out
 
     assert main(["run", "--resume", str(folder), "--rounds", "3", "--quiet"]) == 0
