@@ -150,18 +150,12 @@ class Coordinator:
 
     def reply_identity(self, metrics: Mapping) -> tuple[int, int | None]:
         """(client id, examples or None) of a reply whose metrics are exactly what this run may receive."""
-        allowed = {protocol.CLIENT_ID}
-        if self.weight_channel.uses_examples:
-            allowed.add(protocol.NUM_EXAMPLES)
-        if self.weight_channel.plain_metrics:
-            allowed.update(protocol.PLAIN_METRICS)
-        if self.weight_channel.name == "dpsgd":
-            allowed.update(protocol.DPSGD_KEYS + ("dpsgd",))
-        extra = sorted(set(metrics) - allowed)
+        allowed = set(self.weight_channel.metrics)
+        extra = sorted(set(metrics) - allowed - {"dpsgd"})  # "dpsgd": the parsed DP-SGD keys (server.strategy)
         if extra:
             raise MalformedReply(f"metrics {extra} are not counted by this run's guarantee (weight channel "
                                  f"{self.weight_channel.name}); a client sends only {sorted(allowed)}")
-        return reply_identity(metrics, examples=self.weight_channel.uses_examples)
+        return reply_identity(metrics, examples=weight_channel.uses_examples(self.weight_channel))
 
     # --- privacy ----------------------------------------------------------------------------
 

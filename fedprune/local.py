@@ -91,10 +91,6 @@ def client_round(config: RunConfig, plan: RoundPlan, model: nn.Module, global_we
     dp_generator = None if dp is None else torch.Generator().manual_seed(int(privacy_rng.integers(2**63)))
     trained = train(model, loader, train_config(config), masks=dict(global_masks), dp=dp,
                     generator=generator if dp is None else dp_generator)
-    channel = weight_channel.build(config.weight_channel, config.noise_multiplier, config.clipping_norm)
-    metrics = {protocol.CLIENT_ID: int(client)}  # what else is sent is what the run's guarantee allows
-    if channel.uses_examples:
-        metrics[protocol.NUM_EXAMPLES] = int(len(y))
 
     report, votes = None, None
     if plan.report:
@@ -107,6 +103,8 @@ def client_round(config: RunConfig, plan: RoundPlan, model: nn.Module, global_we
         report, votes = encode_local_mask(config, plan, bits, privacy_rng, client)
 
     weights = compact({name: value.detach().numpy() for name, value in model.state_dict().items()}, numpy_masks)
-    if channel.plain_metrics:
-        metrics.update({"train-loss": float(trained["loss"]), "train-seconds": time.perf_counter() - started})
+    values = {protocol.CLIENT_ID: int(client), protocol.NUM_EXAMPLES: int(len(y)), "train-loss": float(trained["loss"]),
+              "train-seconds": time.perf_counter() - started}
+    channel = weight_channel.build(config.weight_channel, config.noise_multiplier, config.clipping_norm)
+    metrics = {key: value for key, value in values.items() if key in channel.metrics}  # only what the ledger counts
     return ClientResult(weights=weights, report=report, exact_votes=votes, metrics=metrics)

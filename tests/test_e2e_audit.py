@@ -38,7 +38,7 @@ def config(**changes) -> RunConfig:
 class ExampleWeighted(NoisedMean):
     """Flower's wrappers over FedAvg: clipped updates averaged by the example counts clients claim."""
 
-    uses_examples: bool = True
+    metrics: tuple = ("client-id", "num-examples")
 
     def combine(self, sent, replies, examples, rng):
         share = np.asarray(examples, np.float64) / np.sum(examples)

@@ -39,9 +39,7 @@ def test_clients_send_only_the_metrics_their_guarantee_counts(channel, sent):
     assert all(set(reply.content[protocol.METRICS]) == sent for reply in replies)
     _, metrics = strategy.aggregate_train(1, replies)
     assert metrics["valid-replies"] == 4 and ("train-loss" in metrics) == (channel == "clear")
-    assert coordinator.privacy()["channels"]["metrics"]["sent"] == [k for k in ("client-id", "num-examples",
-                                                                               "train-loss", "train-seconds")
-                                                                     if k in sent]
+    assert set(coordinator.privacy()["channels"]["metrics"]["sent"]) == sent
 
 
 def test_a_reply_with_an_uncounted_metric_is_rejected_and_still_charged():
@@ -101,7 +99,7 @@ def test_the_budget_check_never_lets_a_round_overspend_when_clients_drop_out():
     config = small_config(weight_channel="server-clipping", noise_multiplier=2.0, method="server-magnitude",
                           local_epochs=1, num_server_rounds=5, budget_epsilon=two_rounds + 0.01)
     coordinator, strategy, messages = setup(config)
-    spent = []
+    spent, arrays = [], None
     with pytest.raises(PrivacyBudgetExhausted, match="budget"):
         for server_round in range(1, 6):
             if server_round > 1:

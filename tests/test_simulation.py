@@ -59,7 +59,8 @@ def test_every_weight_channel_runs_and_reports_its_figure_and_trust_model(tmp_pa
         assert privacy["end_to_end"]["record"]["trust_model"] == "local"
         assert 0 < summary["epsilon"]["record"] < math.inf and summary["epsilon"]["client"] is None
         assert privacy["against_the_server"]["record"] == summary["epsilon"]["record"]
-        assert privacy["channels"]["metrics"]["sent"] == ["client-id", "num-examples"]
+        assert privacy["channels"]["metrics"]["sent"] == ["client-id", "num-examples", "dpsgd-noise", "dpsgd-rate",
+                                                          "dpsgd-steps"]
     else:  # DP-FedAvg: 2 rounds of a Gaussian of sensitivity 2 at multiplier 1; the server is trusted
         exact = analytic_gaussian_epsilon(1.0, summary["delta"], sensitivity=2 * math.sqrt(2))
         for unit in ("record", "client"):

@@ -33,20 +33,14 @@ def channel_trust(config: RunConfig, channel: WeightChannel | None) -> dict[str,
 
 
 def metrics_sent(channel: WeightChannel | None) -> list[str]:
-    """The metric keys a client sends (mask-only: ``channel`` None)."""
-    keys = [protocol.CLIENT_ID]
-    if channel is not None and channel.uses_examples:
-        keys.append(protocol.NUM_EXAMPLES)
-    if channel is not None and channel.plain_metrics:
-        keys += list(protocol.PLAIN_METRICS)
-    return keys
+    """The metric keys a client sends (mask-only: ``channel`` None, the client id alone)."""
+    return [protocol.CLIENT_ID] if channel is None else list(channel.metrics)
 
 
 def _metrics_trust(channel: WeightChannel | None, unit: str) -> str:
-    # the client id is public; the example count is unchanged by replacing one record, so free at record level
-    if channel is None or not (channel.uses_examples or channel.plain_metrics):
-        return "local"
-    if channel.plain_metrics or unit == "client":
+    # the client id and DP-SGD's parameters are public; the example count is unchanged by replacing one record
+    sent = set(metrics_sent(channel))
+    if sent & set(protocol.PLAIN_METRICS) or (protocol.NUM_EXAMPLES in sent and unit == "client"):
         return "none"
     return "local"
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedprune import protocol
 from fedprune.aggregation import weighted_average
 from fedprune.privacy import events
 from fedprune.privacy.rng import check_generator
@@ -49,8 +50,8 @@ class Clear:
     """Example-weighted FedAvg, no privacy."""
 
     name: str = "clear"
-    uses_examples: bool = True     # aggregation weights by num-examples, so clients send it
-    plain_metrics: bool = True     # clients may send loss and time (nothing they send is protected)
+    # the metrics a client sends: loss and time too, since nothing it sends is protected anyway
+    metrics: tuple = (protocol.CLIENT_ID, protocol.NUM_EXAMPLES, *protocol.PLAIN_METRICS)
     protects_weights: tuple = ()   # units in which a client's trained weights are a DP output
 
     def trust(self, unit: str) -> str:
@@ -70,8 +71,7 @@ class NoisedMean:
     name: str
     noise_multiplier: float
     clipping_norm: float
-    uses_examples: bool = False
-    plain_metrics: bool = False
+    metrics: tuple = (protocol.CLIENT_ID,)  # the client id is public; nothing else is counted, so nothing else sent
     protects_weights: tuple = ()   # each client's own weights are not noised: a mask scored from them is charged
 
     def __post_init__(self):
@@ -104,8 +104,8 @@ class DpSgd:
     """Clients train with DP-SGD (their own accountants report the releases); example-weighted average."""
 
     name: str = "dpsgd"
-    uses_examples: bool = True     # invariant under replace-one of a record
-    plain_metrics: bool = False
+    # the example count is invariant under replace-one of a record; the DP-SGD accounting is public parameters
+    metrics: tuple = (protocol.CLIENT_ID, protocol.NUM_EXAMPLES, *protocol.DPSGD_KEYS)
     protects_weights: tuple = ("record",)
 
     def trust(self, unit: str) -> str:
@@ -122,6 +122,11 @@ class DpSgd:
 
 
 WeightChannel = Clear | NoisedMean | DpSgd
+
+
+def uses_examples(channel: WeightChannel) -> bool:
+    """Whether the channel averages by example count (and so its clients send it)."""
+    return protocol.NUM_EXAMPLES in channel.metrics
 
 
 def build(name: str, noise_multiplier: float, clipping_norm: float) -> WeightChannel:
