@@ -280,3 +280,9 @@ def test_fedprune_run_mask_only_two_rounds_then_resume(tmp_path, capfd):
     rounds = [json.loads(line)["round"] for line in (folder / "metrics.jsonl").read_text().splitlines()]
     assert rounds == [0, 1, 2, 3] and summary["rounds"] == 3
     assert_matches(summary["epsilon"]["client"], rr_composition_epsilon(2.0, 3 * d, DELTA))
+
+    # the run folder exports and analyzes like any other (the frozen weights under the final mask)
+    assert main(["export", str(folder), "-o", str(tmp_path / "mo.fpm"), "--no-calibrate"]) == 0
+    assert main(["analyze", str(folder)]) == 0
+    analysis = json.loads((folder / "analysis.json").read_text())
+    assert analysis["density"] == pytest.approx(0.5, abs=1e-4)
