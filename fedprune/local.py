@@ -57,6 +57,21 @@ def _partitions(name: str, seed: int, method: str, num_partitions: int, alpha: f
     return partition(labels, num_partitions, method, alpha=alpha, classes_per_partition=classes, seed=seed)
 
 
+def check_partition(config: RunConfig) -> None:
+    """ConfigError, with the settings that fix it, if the run's data cannot be split among its clients.
+
+    Run once before any work, so a split that fails does not fail inside every client instead.
+    """
+    try:
+        _partitions(config.dataset, config.seed, config.partitioner, config.num_clients, config.dirichlet_alpha,
+                    config.classes_per_client)
+    except ConfigError as error:
+        examples = len(run_dataset(config.dataset, config.seed).y_train)
+        raise ConfigError(f"cannot split {config.dataset}'s {examples} training examples among {config.num_clients} "
+                          f"clients by {config.partitioner} ({error}); use fewer clients, raise dirichlet-alpha (now "
+                          f"{config.dirichlet_alpha:g}) or set partitioner iid") from None
+
+
 def client_data(config: RunConfig, partition_id: int, num_partitions: int) -> tuple[np.ndarray, np.ndarray]:
     """This client's training examples: partition ``partition_id`` of ``num_partitions``."""
     if isinstance(partition_id, bool) or not isinstance(partition_id, int) or not 0 <= partition_id < num_partitions:

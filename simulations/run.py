@@ -66,11 +66,13 @@ def simulate(config: RunConfig, progress=print, num_cpus: int | None = None) -> 
 
     ``num_cpus``: CPUs Ray may use (default all), so clients train one per CPU.
     """
+    from fedprune.local import check_partition
     from fedprune.rounds import check_federated
     from server import run_folder
 
     config = run_folder.with_name(config)
     check_federated(config)
+    check_partition(config)
     try:
         with run_folder.owned(config):  # checked, created and locked before the engine starts
             return _simulate(config, progress, num_cpus)

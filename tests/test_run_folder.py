@@ -81,3 +81,11 @@ def test_write_atomic_replaces_whole_files_and_leaves_no_temporary(tmp_path):
     run_folder.write_atomic(path, "old")
     run_folder.write_atomic(path, "new")
     assert path.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+def test_a_split_the_data_cannot_give_is_refused_before_the_engine_starts(tmp_path):
+    done, seconds = fedprune("run", "--clients", "400", "--out", str(tmp_path), cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "cannot split mnist1d's 8000 training examples among 400 clients by dirichlet" in done.stderr
+    assert "use fewer clients, raise dirichlet-alpha (now 0.5) or set partitioner iid" in done.stderr
+    assert "Ray" not in done.stderr + done.stdout and not list(tmp_path.glob("run-*"))
