@@ -26,15 +26,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import struct
-import tempfile
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
+from fedprune.atomic import replacing
 from fedprune.bits import pack, unpack
 from fedprune.validation import ConfigError
 
@@ -72,18 +71,11 @@ def write(path: str | Path, header: dict, arrays: list[np.ndarray]) -> int:
     total = _PREFIX.size + len(compressed) + len(head_pad) + offset + _DIGEST
     body = b"".join([_PREFIX.pack(MAGIC, VERSION, len(compressed), total), compressed, head_pad, *chunks])
     data = body + hashlib.sha256(body).digest()
-    path = Path(path)
     try:
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}", suffix=".tmp")
+        with replacing(path) as file:  # an interrupted export never leaves half a model
+            file.write(data)
     except OSError as error:
         raise ConfigError(f"cannot write {path} ({error.strerror}); pass a path in a folder you can write") from None
-    try:  # a temporary name, then a rename: an interrupted export never leaves half a model
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
     return len(data)
 
 

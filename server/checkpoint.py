@@ -8,13 +8,12 @@ a temporary name and renamed, so a run killed mid-write leaves the previous chec
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from fedprune.atomic import replacing
 from fedprune.validation import ConfigError
 
 FILE = "checkpoint.npz"
@@ -27,14 +26,8 @@ def save(folder: Path, round: int, weights: dict[str, np.ndarray], state: dict) 
     path = Path(folder) / FILE
     meta = json.dumps({"format": FORMAT, "round": int(round), "state": state})
     arrays = {_WEIGHT + name: value for name, value in weights.items()}
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".checkpoint", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            np.savez(file, meta=np.array(meta), **arrays)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with replacing(path) as file:
+        np.savez(file, meta=np.array(meta), **arrays)
     return path
 
 

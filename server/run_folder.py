@@ -17,11 +17,11 @@ import contextlib
 import fcntl
 import json
 import os
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from fedprune.atomic import replacing
 from fedprune.config import RunConfig
 from fedprune.validation import ConfigError
 from server import checkpoint
@@ -94,15 +94,9 @@ def check(config: RunConfig) -> None:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` so that a reader (or a crash) sees the old file or the new one, never half."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as file:
-            file.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    """Replace ``path`` with ``text`` whole (``fedprune.atomic``)."""
+    with replacing(path, "w") as file:
+        file.write(text)
 
 
 def append_metrics(folder: Path, line: dict) -> None:
