@@ -3,9 +3,9 @@
 Flower's simulation engine and Ray do not survive a SIGINT sent to the whole process group (what
 a terminal's Ctrl-C does): the workers die and the driver waits for them forever. So `fedprune run`
 supervises: the run itself is a child in a session of its own (the terminal's Ctrl-C reaches only
-the supervisor), and on SIGINT or SIGTERM the supervisor ends the child (and, through Ray's
-fate-sharing, Ray's processes; anything left in the child's session is killed), then says how to
-resume and exits 130. The child
+the supervisor), and on SIGINT or SIGTERM the supervisor kills the child's process group (Ray's
+processes elsewhere die with the child through their fate-sharing), then says how to resume and
+exits 130. The child
 dies with the supervisor too (``PR_SET_PDEATHSIG``), so a killed supervisor leaves nothing running.
 Checkpoints are replaced atomically, so the last finished round's survives any stop.
 """
@@ -20,7 +20,6 @@ import sys
 import time
 
 INTERRUPTED = 130
-GRACE_SECONDS = 10.0
 _PR_SET_PDEATHSIG = 1
 
 
@@ -49,14 +48,14 @@ def supervise(command: list[str], env: dict[str, str], on_stop) -> int:
 
 
 def _end_session(child: subprocess.Popen) -> None:
-    """SIGTERM to the child (Ray's processes die with it), then SIGKILL to whatever is left of its session."""
-    child.terminate()  # the driver first: ended together, its threads would log the workers' deaths
-    try:
-        child.wait(timeout=GRACE_SECONDS)
-    except subprocess.TimeoutExpired:
-        pass
+    """SIGKILL to the child's process group at once; Ray's processes outside it die with the child.
+
+    Nothing is lost that a stop should keep: checkpoints are replaced atomically and a torn last
+    metrics line is dropped on resume. A gentler SIGTERM lets Flower's handlers run, and its worker
+    threads then print the workers' deaths as tracebacks.
+    """
     try:
         os.killpg(child.pid, signal.SIGKILL)
     except ProcessLookupError:
-        return
+        pass
     child.wait()

@@ -3,7 +3,6 @@
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,26 +15,24 @@ from server import run_folder
 REPO = Path(__file__).resolve().parents[1]
 
 
-def fedprune(*args, cwd=REPO) -> tuple[subprocess.CompletedProcess, float]:
-    started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "simulations.cli", *args], cwd=cwd, capture_output=True, text=True,
+def fedprune(*args, cwd=REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "simulations.cli", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=120)
-    return done, time.perf_counter() - started
 
 
 def test_a_folder_another_process_runs_in_is_refused_at_once(tmp_path):
     config = RunConfig(run_name="busy", output_dir=str(tmp_path))
     with run_folder.owned(config):  # this test process holds it, as a running `fedprune run` would
-        done, seconds = fedprune("run", "--name", "busy", "--out", str(tmp_path))
+        done = fedprune("run", "--name", "busy", "--out", str(tmp_path))
     assert done.returncode == 2, done.stderr
     assert f"{tmp_path / 'busy'} is in use by another fedprune run (pid " in done.stderr
-    assert "Ray" not in done.stderr + done.stdout and seconds < 60
+    assert "Ray" not in done.stderr + done.stdout  # refused before the engine started
     assert not (tmp_path / "busy" / "metrics.jsonl").exists()
 
 
 def test_a_finished_run_name_is_refused_with_the_resume_command(tmp_path):
     write_run_folder(tmp_path / "done", clients=2, sparsity=0.5, accuracy=0.9)
-    done, _ = fedprune("run", "--name", "done", "--out", str(tmp_path))
+    done = fedprune("run", "--name", "done", "--out", str(tmp_path))
     assert done.returncode == 2
     assert f"already holds a run: continue it with `fedprune run --resume {tmp_path / 'done'}`" in done.stderr
 
@@ -43,7 +40,7 @@ def test_a_finished_run_name_is_refused_with_the_resume_command(tmp_path):
 def test_resuming_a_finished_run_changes_nothing(tmp_path):
     _, _, _, summary = write_run_folder(tmp_path / "done", clients=2, sparsity=0.5, accuracy=0.9)
     before = {p.name: p.read_bytes() for p in (tmp_path / "done").iterdir()}
-    done, _ = fedprune("run", "--resume", str(tmp_path / "done"))
+    done = fedprune("run", "--resume", str(tmp_path / "done"))
     assert done.returncode == 0, done.stderr
     assert "is finished (2 of 2 rounds): nothing to do" in done.stdout
     assert {p.name: p.read_bytes() for p in (tmp_path / "done").iterdir()} == before
@@ -51,7 +48,7 @@ def test_resuming_a_finished_run_changes_nothing(tmp_path):
 
 def test_an_output_folder_that_cannot_be_made_is_refused(tmp_path):
     (tmp_path / "file").write_text("not a folder")
-    done, _ = fedprune("run", "--out", str(tmp_path / "file" / "runs"))
+    done = fedprune("run", "--out", str(tmp_path / "file" / "runs"))
     assert done.returncode == 2
     assert "cannot create the run folder" in done.stderr and "pass --out a folder you can write" in done.stderr
 
@@ -60,7 +57,7 @@ def test_an_unreadable_checkpoint_names_the_real_fix(tmp_path):
     write_run_folder(tmp_path / "broken", clients=2, sparsity=0.5, accuracy=0.9)
     (tmp_path / "broken" / "checkpoint.npz").write_bytes(b"not a zip")
     (tmp_path / "broken" / "summary.json").unlink()  # killed before it finished
-    done, _ = fedprune("run", "--resume", str(tmp_path / "broken"))
+    done = fedprune("run", "--resume", str(tmp_path / "broken"))
     assert done.returncode == 2
     assert f"start the run again under another --name (or delete {tmp_path / 'broken'})" in done.stderr
 
@@ -84,7 +81,7 @@ def test_write_atomic_replaces_whole_files_and_leaves_no_temporary(tmp_path):
 
 
 def test_a_split_the_data_cannot_give_is_refused_before_the_engine_starts(tmp_path):
-    done, seconds = fedprune("run", "--clients", "400", "--out", str(tmp_path), cwd=tmp_path)
+    done = fedprune("run", "--clients", "400", "--out", str(tmp_path), cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     assert "cannot split mnist1d's 8000 training examples among 400 clients by dirichlet" in done.stderr
     assert "use fewer clients, raise dirichlet-alpha (now 0.5) or set partitioner iid" in done.stderr

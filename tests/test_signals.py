@@ -39,7 +39,6 @@ def wait_for_round(process, round: int, limit: float = 240.0) -> None:
 def test_one_signal_stops_the_run_cleanly_and_it_resumes(tmp_path, how):
     process = start(tmp_path, how)
     wait_for_round(process, 1)
-    sent = time.monotonic()
     if how == "ctrl-c":
         os.killpg(process.pid, signal.SIGINT)  # the whole foreground group, as a terminal sends it
     else:
@@ -48,11 +47,9 @@ def test_one_signal_stops_the_run_cleanly_and_it_resumes(tmp_path, how):
         code = process.wait(timeout=30)
     finally:
         process.kill()
-    seconds = time.monotonic() - sent
     err = process.stderr.read()
     folder = tmp_path / how
-    assert code == 130, err
-    assert seconds < 30
+    assert code == 130, err  # within the 30 s wait above: a hang fails there
     assert f"Continue it with `fedprune run --resume {folder}`" in err and "Traceback" not in err
     assert checkpoint.last_round(folder) >= 1 and not (folder / "summary.json").exists()
     # nothing of the run is left running
