@@ -127,6 +127,10 @@ class RunConfig:
         """Privacy noise from a seeded generator (reproducible simulations and tests only)."""
         return self.privacy_seed >= 0
 
+    def build_weight_channel(self) -> weight_channel.WeightChannel:
+        """How this run's weight updates travel and are averaged (``fedprune.privacy.weight_channel``)."""
+        return weight_channel.build(self.weight_channel, self.noise_multiplier, self.clipping_norm)
+
     def build_schedule(self) -> Schedule:
         """The pruning schedule these settings describe (rounds from prune-start to prune-end)."""
         if self.schedule == "oneshot":

@@ -77,8 +77,7 @@ class Coordinator:
             raise ConfigError(f"prunable tensors {missing} are not in the model's state")
         self.masks = full_masks({name: torch.empty(self.shapes[name]) for name in prunable})
         self.sparsity = 0.0
-        self.weight_channel = weight_channel.build(config.weight_channel, config.noise_multiplier,
-                                                   config.clipping_norm)
+        self.weight_channel = config.build_weight_channel()
         self.accountant = Accountant()
         self.mask_accountant = Accountant()  # the mask channel alone, shown beside the end-to-end figures
         self.rejected: list[dict] = []

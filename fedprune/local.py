@@ -22,7 +22,6 @@ from fedprune.config import RunConfig
 from fedprune.data import load_dataset, make_loader, partition
 from fedprune.masks import prunable_parameters
 from fedprune.models import build_model
-from fedprune.privacy import weight_channel
 from fedprune.privacy.mechanisms import MaskReport
 from fedprune.rounds import RoundPlan, encode_local_mask, local_mask_bits
 from fedprune.scorers import DATA_SCORERS
@@ -120,6 +119,6 @@ def client_round(config: RunConfig, plan: RoundPlan, model: nn.Module, global_we
     weights = compact({name: value.detach().numpy() for name, value in model.state_dict().items()}, numpy_masks)
     values = {protocol.CLIENT_ID: int(client), protocol.NUM_EXAMPLES: int(len(y)), "train-loss": float(trained["loss"]),
               "train-seconds": time.perf_counter() - started}
-    channel = weight_channel.build(config.weight_channel, config.noise_multiplier, config.clipping_norm)
+    channel = config.build_weight_channel()
     metrics = {key: value for key, value in values.items() if key in channel.metrics}  # only what the ledger counts
     return ClientResult(weights=weights, report=report, exact_votes=votes, metrics=metrics)

@@ -26,7 +26,7 @@ from fedprune.bits import flatten_masks, pack, unflatten_masks
 from fedprune.config import RunConfig
 from fedprune.distributions import get_distribution
 from fedprune.masks import kept_count
-from fedprune.privacy import events, weight_channel
+from fedprune.privacy import events
 from fedprune.privacy.mechanisms import Mechanism, epsilon_for_decision, make_mechanism
 from fedprune.privacy.spec import ReportSpec
 from fedprune.pruning import compute_masks
@@ -214,13 +214,13 @@ def mask_post_processing_units(config: RunConfig) -> tuple[str, ...]:
     """Units in which a client's local mask is post-processing of its protected weights (free)."""
     if config.scorer in DATA_SCORERS:
         return ()
-    return weight_channel.build(config.weight_channel, config.noise_multiplier, config.clipping_norm).protects_weights
+    return config.build_weight_channel().protects_weights
 
 
 def no_guarantee(config: RunConfig) -> str | None:
     """Why the run's declared unit cannot have an end-to-end figure whatever happens, or None."""
     if config.mode != "mask-only":
-        channel = weight_channel.build(config.weight_channel, config.noise_multiplier, config.clipping_norm)
+        channel = config.build_weight_channel()
         if channel.trust(config.unit) == "none":
             return f"weight channel {config.weight_channel} gives no {config.unit}-level guarantee"
     if config.method == "votes" and not config.private_votes and config.unit not in mask_post_processing_units(config):
