@@ -16,12 +16,11 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import fixedclipping_mod
 
-from fedprune import protocol
+from fedprune import modes, protocol
 from fedprune.bits import unflatten_masks, unpack
 from fedprune.config import RunConfig
 from fedprune.dpsgd import DPSGD
-from fedprune.local import client_data, client_round, new_model
-from fedprune.mask_only import client_round_mask_only
+from fedprune.local import client_data, new_model
 from fedprune.masks import parameter_shapes, prunable_parameters
 from fedprune.privacy.rng import privacy_rng
 from fedprune.rounds import RoundPlan
@@ -68,12 +67,8 @@ def _train(msg: Message, context: Context) -> Message:
     noise = privacy_rng(config.privacy_seed if config.privacy_seeded else None, stream=(plan.round, client))
     dp = _load_dpsgd(config, context)
     steps_before = dp.steps if dp else 0
-    if config.mode == "mask-only":  # the arrays are keep-probabilities; the reply is one mask sample, no weights
-        result = client_round_mask_only(config, plan, weights, examples, client=client, generator=generator,
-                                        privacy_rng=noise)
-    else:
-        result = client_round(config, plan, model, weights, masks, examples, client=client,
-                              generator=generator, privacy_rng=noise, dp=dp)
+    result = modes.get(config).client_round(config, plan, model, weights, masks, examples, client=client,
+                                            generator=generator, privacy_rng=noise, dp=dp)
 
     metrics = dict(result.metrics)
     if dp is not None:

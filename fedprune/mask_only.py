@@ -39,11 +39,12 @@ from fedprune.compact import MalformedReply
 from fedprune.config import RunConfig
 from fedprune.coordinator import UNITS, Coordinator, Reply, reply_identity
 from fedprune.data import make_loader
+from fedprune.layouts.weights import layer_counts
 from fedprune.local import ClientResult, new_model, train_config
 from fedprune.masks import kept_count, prunable_parameters
 from fedprune.privacy import events
 from fedprune.privacy.spec import ReportSpec
-from fedprune.rounds import RoundPlan, layer_counts
+from fedprune.rounds import RoundPlan
 from fedprune.supermask import ClippedBernoulli, ScoreModel, exact_sample, frozen_state
 from fedprune.validation import ConfigError
 

@@ -4,15 +4,14 @@ The server makes a :class:`RoundPlan` from the schedule and the current global m
 it with the round's messages; client and server then build the very same mechanism from it
 (``mechanism_for``), so their settings cannot drift apart.
 
-Reports cover only the weights the global mask still keeps (pruning is monotone: a pruned
-weight stays pruned, so nobody needs to vote on it). With ``regrowth`` they cover every
-prunable weight. Each client's local mask keeps exactly the planned count (per layer for the
-uniform and ERK distributions), which fixes the Hamming bound Delta the privacy figures use.
+What a report's coordinates are (weights, output units) is the run's vote layout
+(``fedprune.layouts``): it sizes the report, makes a client's bits and the next global mask. Each
+client's local mask keeps exactly the planned count, which fixes the Hamming bound Delta the
+privacy figures use.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
@@ -20,20 +19,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fedprune import units
-from fedprune.aggregation import scatter, select_layer_masks, select_mask
-from fedprune.bits import flatten_masks, pack, unflatten_masks
+from fedprune.bits import pack
 from fedprune.config import RunConfig
-from fedprune.distributions import get_distribution
-from fedprune.masks import kept_count
+from fedprune.layouts import layout_for
 from fedprune.privacy import events
 from fedprune.privacy.mechanisms import Mechanism, epsilon_for_decision, make_mechanism
 from fedprune.privacy.spec import ReportSpec
-from fedprune.pruning import compute_masks
 from fedprune.scorers import DATA_SCORERS
 from fedprune.validation import ConfigError
 
-FEDERATED_STRUCTURES = ("unstructured", "units")
 # Mask-only mode (fedprune.mask_only) has one mechanism, weight-level masks, no weight channel or dense baseline.
 MASK_ONLY_REQUIRES = {"method": "votes", "mechanism": "randomized-response", "weight_channel": "clear",
                       "structure": "unstructured", "dense_baseline": False}
@@ -63,13 +57,6 @@ class RoundPlan:
             raise ConfigError(f"the round plan lacks {missing}: client and server run different fedprune versions") from None
 
 
-def layer_counts(config: RunConfig, shapes: Mapping[str, tuple[int, ...]], sparsity: float) -> dict[str, int] | None:
-    """Kept weights per layer at ``sparsity``; None for the global distribution (one total count)."""
-    if config.distribution == "global":
-        return None
-    return get_distribution(config.distribution)(shapes, sparsity)
-
-
 def plan_round(config: RunConfig, schedule, round: int, current_sparsity: float, eligible: np.ndarray,
                shapes: Mapping[str, tuple[int, ...]]) -> RoundPlan:
     """The plan for ``round`` given the global mask's ``eligible`` (kept) flat coordinates.
@@ -79,23 +66,7 @@ def plan_round(config: RunConfig, schedule, round: int, current_sparsity: float,
     """
     target = schedule.sparsity_at(round)
     prune = config.method != "dense" and schedule.is_update_round(round) and target > current_sparsity
-    positions = np.ones_like(eligible) if config.regrowth else eligible
-    length = int(positions.sum())
-    counts = layer_counts(config, shapes, target)
-    if config.structure == "units":
-        length, kept, delta = units.plan_sizes(config.distribution, config.regrowth,
-                                               unflatten_masks(eligible, shapes), target)
-    elif counts is None:
-        kept = kept_count(eligible.size, target)
-        delta = min(2 * kept, 2 * (length - kept), length)
-    else:
-        kept, delta, start = 0, 0, 0
-        for name, shape in shapes.items():
-            size = math.prod(shape)
-            m = int(positions[start:start + size].sum())
-            k = min(counts[name], m)
-            kept, delta, start = kept + k, delta + min(2 * k, 2 * (m - k)), start + size
-        delta = min(delta, length)
+    length, kept, delta = layout_for(config).plan_sizes(config, eligible, shapes, target)
     report = prune and config.method == "votes" and 0 < kept < length  # else the mask is fixed
     public_seed = (config.seed * 1_000_003 + round) % 2**63
     return RoundPlan(round=round, sparsity=float(target if prune else current_sparsity), prune=prune,
@@ -127,17 +98,8 @@ def local_mask_bits(config: RunConfig, plan: RoundPlan, params: Mapping[str, Ten
                     global_masks: Mapping[str, Tensor], *, grads=None, fisher=None,
                     generator: torch.Generator | None = None) -> np.ndarray:
     """A client's own mask at the plan's sparsity, as bools over the report's coordinates."""
-    if config.structure == "units":
-        bits = units.local_unit_bits(config, plan, params, global_masks, grads=grads, fisher=fisher,
-                                     generator=generator)
-    else:
-        previous = None if config.regrowth else global_masks
-        local = compute_masks(params, sparsity=plan.sparsity, scorer=config.scorer, distribution=config.distribution,
-                              structure=config.structure, previous=previous, grads=grads, fisher=fisher,
-                              generator=generator)
-        bits = flatten_masks(local)
-        if not config.regrowth:
-            bits = bits[flatten_masks(dict(global_masks))]
+    bits = layout_for(config).local_bits(config, plan, params, global_masks, grads=grads, fisher=fisher,
+                                         generator=generator)
     if int(bits.sum()) != plan.kept or bits.size != plan.report_length:
         raise ConfigError(f"the local mask keeps {int(bits.sum())} of {bits.size} coordinates, the plan says "
                           f"{plan.kept} of {plan.report_length}: client and server disagree on the model or settings")
@@ -161,27 +123,12 @@ def next_global_masks(config: RunConfig, plan: RoundPlan, frequencies: np.ndarra
     Ties go to the larger averaged weight; without regrowth only weights the mask still keeps
     can stay.
     """
-    if config.structure == "units":
-        return units.next_unit_masks(config, plan, frequencies, average_weights, global_masks)
-    shapes = {name: tuple(mask.shape) for name, mask in global_masks.items()}
-    eligible = flatten_masks(dict(global_masks))
-    full = frequencies if config.regrowth else scatter(frequencies, eligible)
-    limit = None if config.regrowth else eligible
-    counts = layer_counts(config, shapes, plan.sparsity)
-    if counts is None:
-        flat = select_mask(full, kept_count(eligible.size, plan.sparsity), tie_break=average_weights, eligible=limit)
-    else:
-        sizes = {name: math.prod(shape) for name, shape in shapes.items()}
-        flat = select_layer_masks(full, counts, sizes, tie_break=average_weights, eligible=limit)
-    return unflatten_masks(flat, shapes)
+    return layout_for(config).next_masks(config, plan, frequencies, average_weights, global_masks)
 
 
 def server_scores(config: RunConfig, magnitudes: np.ndarray, global_masks: Mapping[str, Tensor]) -> np.ndarray:
     """What ``server-magnitude`` ranks in place of vote frequencies, over the report's coordinates."""
-    if config.structure == "units":
-        scores = units.unit_scores(magnitudes, global_masks)
-        return scores if config.regrowth else scores[units.alive_units(global_masks)]
-    return magnitudes if config.regrowth else magnitudes[flatten_masks(dict(global_masks))]
+    return layout_for(config).server_scores(config, magnitudes, global_masks)
 
 
 def mask_events(config: RunConfig, plan: RoundPlan) -> list[tuple[events.Event, tuple[str, ...]]]:
@@ -236,9 +183,7 @@ def check_federated(config: RunConfig) -> None:
                           f"but {why}: the first round would be refused. Use weight-channel server-clipping or "
                           "client-clipping (client level), dpsgd with unit record, or mode mask-only; or set "
                           "budget-epsilon 0")
-    if config.structure not in FEDERATED_STRUCTURES:
-        raise ConfigError(f"structure {config.structure!r} is not supported in federated runs yet; "
-                          f"use one of: {', '.join(FEDERATED_STRUCTURES)}")
+    layout = layout_for(config)  # ConfigError for a structure no layout votes on
     if config.mode == "mask-only":
         for name, value in MASK_ONLY_REQUIRES.items():
             if getattr(config, name) != value:
@@ -249,8 +194,4 @@ def check_federated(config: RunConfig) -> None:
         if config.target_sparsity <= 0:
             raise ConfigError("mode mask-only learns which weights to keep: target-sparsity must be > 0 (its default "
                               "is 0.5)")
-    if config.structure == "units":
-        units.check_units(config.distribution)
-    elif config.scorer in ("l1_units", "l2_units"):
-        raise ConfigError(f"scorer {config.scorer!r} scores whole units; federated runs vote on single weights: "
-                          "use magnitude, random, taylor or obd")
+    layout.check(config)

@@ -18,11 +18,11 @@ import torch
 from flwr.serverapp import Grid
 from flwr.serverapp.exception import AggregationError, PrivacyBudgetExhausted
 
+from fedprune import modes
 from fedprune.config import RunConfig
 from fedprune.coordinator import Coordinator
 from fedprune.data import make_loader
 from fedprune.local import run_dataset, new_model
-from fedprune.modes import coordinator_for
 from fedprune.masks import prunable_parameters
 from fedprune.privacy import replay, statement
 from fedprune.privacy.rng import RandomnessSource
@@ -92,7 +92,7 @@ def _run(grid: Grid, config: RunConfig, folder: Path, progress) -> dict:
     model = new_model(config)
     state = {name: value.detach().numpy() for name, value in model.state_dict().items()}
     shapes = {name: value.shape for name, value in state.items()}
-    coordinator = coordinator_for(config, shapes, list(prunable_parameters(model)))
+    coordinator = modes.get(config).coordinator(config, shapes, list(prunable_parameters(model)))
     offset, weights, seconds_before = 0, coordinator.compact(state), 0.0
     if config.resume and (folder / checkpoint.FILE).exists():
         offset, weights, saved = checkpoint.load(folder)

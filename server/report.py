@@ -6,6 +6,7 @@ import math
 import os
 from pathlib import Path
 
+from fedprune import modes
 from fedprune.config import METHODS, WEIGHT_CHANNELS, RunConfig
 from fedprune.coordinator import Coordinator
 from fedprune.privacy.rng import RandomnessSource
@@ -19,7 +20,7 @@ def summary(config: RunConfig, coordinator: Coordinator, lines: list[dict], seco
     final = lines[-1] if lines else {}
     uploads = [size for line in lines for size in line.get("upload_bytes", [])]
     dense_values = sum(math.prod(shape) for shape in coordinator.shapes.values())
-    mask_only = config.mode == "mask-only"  # only mask samples and the client id leave a client
+    own = modes.get(config).summary(coordinator)  # what the mode states itself (mask-only: its sampler, no weights)
     out = {
         "final_accuracy": final.get("accuracy"),
         "density": coordinator.density(),
@@ -31,9 +32,9 @@ def summary(config: RunConfig, coordinator: Coordinator, lines: list[dict], seco
         "mask_channel_epsilon": coordinator.epsilon(mask_channel=True),
         "delta": config.delta,
         "privacy": coordinator.privacy(),
-        "mechanism": coordinator.mechanism_summary() if mask_only else _mechanism(config, coordinator),
-        "weight_channel": {"name": "none", "meaning": "mask-only: weights stay frozen at the seed, never sent"}
-        if mask_only else {"name": config.weight_channel, "meaning": WEIGHT_CHANNELS[config.weight_channel]},
+        "mechanism": own["mechanism"] if "mechanism" in own else _mechanism(config, coordinator),
+        "weight_channel": own.get("weight_channel",
+                                  {"name": config.weight_channel, "meaning": WEIGHT_CHANNELS[config.weight_channel]}),
         "privacy_randomness": randomness.to_dict(),
         "upload_bytes_per_client_round": sum(uploads) / len(uploads) if uploads else None,
         "dense_upload_bytes_per_client_round": 4 * dense_values,
@@ -44,8 +45,7 @@ def summary(config: RunConfig, coordinator: Coordinator, lines: list[dict], seco
         "dropouts": coordinator.dropouts,
         "stopped": stopped,
     }
-    if mask_only:
-        out["mask_only"] = coordinator.mode_summary()
+    out.update(own)
     return out
 
 
@@ -188,11 +188,7 @@ def _markdown(summary: dict, lines: list[dict], plots: list[str]) -> str:
                     f"{fmt(mechanism.get('hamming_bound'))}, epsilon per decision "
                     f"{fmt(mechanism.get('epsilon_per_decision'))}, per report "
                     f"{fmt(mechanism.get('epsilon_per_report'))}."]
-    if "mask_only" in summary:
-        mode = summary["mask_only"]
-        out += ["", "Mode **mask-only**: a client sends its mask sample and its client id (public), nothing else, so "
-                    f"the mask channel's epsilon is the end-to-end one. Frozen weights: {mode['frozen_weights']}. "
-                    f"Server: {mode['aggregation']}. Final model: {mode['final_mask']}."]
+    out += modes.named(summary["mode"]).notes(summary)
     out += ["", *_privacy_markdown(summary["privacy"])]
     out += ["", *[f"![{name}]({name})" for name in plots]]
     return "\n".join(out) + "\n"

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fedprune import modes
 from fedprune.config import RunConfig
-from fedprune.modes import coordinator_for
 from fedprune.local import new_model
 from fedprune.masks import prunable_parameters
 from fedprune.validation import ConfigError
@@ -44,7 +44,7 @@ def load_run(run_dir) -> LoadedRun:
     round, weights, state = checkpoint.load(folder)
     model = new_model(config)
     shapes = {name: tuple(value.shape) for name, value in model.state_dict().items()}
-    coordinator = coordinator_for(config, shapes, list(prunable_parameters(model)))  # mask-only runs too
+    coordinator = modes.get(config).coordinator(config, shapes, list(prunable_parameters(model)))
     coordinator.load_state_dict(state)
     try:
         dense = coordinator.expand(weights)

@@ -9,10 +9,9 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 import clients.app
-from fedprune import protocol
+from fedprune import modes, protocol
 from fedprune.config import RunConfig
 from fedprune.local import new_model
-from fedprune.modes import coordinator_for
 from fedprune.masks import prunable_parameters
 from server.strategy import FedPrune, to_record
 
@@ -38,7 +37,8 @@ def setup(config):
     """(coordinator of the config's mode, strategy, round 1's messages)."""
     model = new_model(config)
     state = {name: value.detach().numpy() for name, value in model.state_dict().items()}
-    coordinator = coordinator_for(config, {n: v.shape for n, v in state.items()}, list(prunable_parameters(model)))
+    shapes = {name: value.shape for name, value in state.items()}
+    coordinator = modes.get(config).coordinator(config, shapes, list(prunable_parameters(model)))
     strategy = FedPrune(coordinator, fraction_train=1.0, min_train_nodes=len(NODES), min_available_nodes=len(NODES))
     messages = list(strategy.configure_train(1, to_record(coordinator.compact(state)), ConfigRecord(), ListGrid()))
     return coordinator, strategy, messages

@@ -8,10 +8,10 @@ import torch
 
 from fedprune.config import RunConfig
 from fedprune.coordinator import Coordinator
+from fedprune.layouts.units import alive_units, plan_sizes, unit_counts
 from fedprune.local import new_model
 from fedprune.masks import as_units, prunable_parameters
 from fedprune.privacy.closed_form import rr_composition_epsilon
-from fedprune.units import alive_units, plan_sizes, unit_counts
 from fedprune.validation import ConfigError
 from strategy_helpers import client_reply, setup, small_config
 

@@ -1,4 +1,4 @@
-"""Channel votes: federated rounds whose reports say which output units (rows, channels) to keep.
+"""Channel votes (structure ``units``): federated rounds whose reports say which output units to keep.
 
 With structure ``units`` a report bit is one output unit (a Linear row, a Conv output channel)
 of every prunable layer but the last, whose rows are the classes and stay dense. Reports are
@@ -21,7 +21,10 @@ import torch
 from torch import Tensor
 
 from fedprune.aggregation import scatter, select_layer_masks
+from fedprune.bits import unflatten_masks
+from fedprune.config import RunConfig
 from fedprune.distributions import get_distribution
+from fedprune.layouts.base import Layout
 from fedprune.masks import as_units, kept_count, unit_masks
 from fedprune.pruning import compute_masks
 from fedprune.validation import ConfigError
@@ -121,3 +124,28 @@ def next_unit_masks(config, plan, frequencies: np.ndarray, average_weights: np.n
     masks = dict(global_masks)
     masks.update(unit_masks(keep, {name: shapes[name] for name in sizes}))
     return masks
+
+
+class UnitLayout(Layout):
+    """A report bit is one output unit (row, channel) of a voting layer."""
+
+    name = "units"
+
+    def check(self, config: RunConfig) -> None:
+        check_units(config.distribution)
+
+    def plan_sizes(self, config: RunConfig, eligible: np.ndarray, shapes: Mapping[str, tuple[int, ...]],
+                   sparsity: float) -> tuple[int, int, int]:
+        return plan_sizes(config.distribution, config.regrowth, unflatten_masks(eligible, shapes), sparsity)
+
+    def local_bits(self, config: RunConfig, plan, params: Mapping[str, Tensor], global_masks: Mapping[str, Tensor],
+                   *, grads=None, fisher=None, generator: torch.Generator | None = None) -> np.ndarray:
+        return local_unit_bits(config, plan, params, global_masks, grads=grads, fisher=fisher, generator=generator)
+
+    def next_masks(self, config: RunConfig, plan, frequencies: np.ndarray, average_weights: np.ndarray,
+                   global_masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        return next_unit_masks(config, plan, frequencies, average_weights, global_masks)
+
+    def server_scores(self, config: RunConfig, magnitudes: np.ndarray, global_masks: Mapping[str, Tensor]) -> np.ndarray:
+        scores = unit_scores(magnitudes, global_masks)
+        return scores if config.regrowth else scores[alive_units(global_masks)]
