@@ -33,11 +33,6 @@ from fedprune.pruning import compute_masks
 from fedprune.scorers import DATA_SCORERS
 from fedprune.validation import ConfigError
 
-FEDERATED_STRUCTURES = ("unstructured", "units")
-# Mask-only mode (fedprune.mask_only) has one mechanism, weight-level masks, no weight channel or dense baseline.
-MASK_ONLY_REQUIRES = {"method": "votes", "mechanism": "randomized-response", "weight_channel": "clear",
-                      "structure": "unstructured", "dense_baseline": False}
-
 
 @dataclass(frozen=True)
 class RoundPlan:
@@ -226,31 +221,3 @@ def no_guarantee(config: RunConfig) -> str | None:
     if config.method == "votes" and not config.private_votes and config.unit not in mask_post_processing_units(config):
         return "exact mask votes (epsilon-per-decision inf) are sent without privacy"
     return None
-
-
-def check_federated(config: RunConfig) -> None:
-    """Fail before any work on settings the federated rounds do not support."""
-    why = no_guarantee(config) if config.budget_epsilon > 0 else None
-    if why:
-        raise ConfigError(f"budget-epsilon {config.budget_epsilon:g} binds the end-to-end {config.unit}-level figure, "
-                          f"but {why}: the first round would be refused. Use weight-channel server-clipping or "
-                          "client-clipping (client level), dpsgd with unit record, or mode mask-only; or set "
-                          "budget-epsilon 0")
-    if config.structure not in FEDERATED_STRUCTURES:
-        raise ConfigError(f"structure {config.structure!r} is not supported in federated runs yet; "
-                          f"use one of: {', '.join(FEDERATED_STRUCTURES)}")
-    if config.mode == "mask-only":
-        for name, value in MASK_ONLY_REQUIRES.items():
-            if getattr(config, name) != value:
-                key = name.replace("_", "-")
-                raise ConfigError(f"mode mask-only sends one clipped Bernoulli mask sample per round and nothing else "
-                                  f"(randomized response per weight): {key} must be {value!r}, got "
-                                  f"{getattr(config, name)!r}; leave {key} at its default or use mode default")
-        if config.target_sparsity <= 0:
-            raise ConfigError("mode mask-only learns which weights to keep: target-sparsity must be > 0 (its default "
-                              "is 0.5)")
-    if config.structure == "units":
-        units.check_units(config.distribution)
-    elif config.scorer in ("l1_units", "l2_units"):
-        raise ConfigError(f"scorer {config.scorer!r} scores whole units; federated runs vote on single weights: "
-                          "use magnitude, random, taylor or obd")
