@@ -116,7 +116,7 @@ class RunConfig:
         positive("dirichlet-alpha", self.dirichlet_alpha)
         pick("method", self.method, METHODS)
         pick("schedule", self.schedule, dict.fromkeys(SCHEDULE_NAMES))
-        pick("weight channel", self.weight_channel, WEIGHT_CHANNELS)
+        pick("weight-channel", self.weight_channel, WEIGHT_CHANNELS)
         sparsity(self.target_sparsity, "target-sparsity")
         if self.mode == "default" and (self.prune_end < self.prune_start or self.prune_end > self.num_server_rounds):
             raise ConfigError(f"prune-end ({self.prune_end}) must lie in [prune-start ({self.prune_start}), "
