@@ -26,7 +26,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 from flwr.simulation import run_simulation
 
-from fedprune.config import RunConfig
+from fedprune.config import RunConfig, resolve
 from fedprune.data import make_loader
 from fedprune.local import run_dataset, client_data, new_model, train_config
 from fedprune.training import evaluate, train
@@ -37,7 +37,7 @@ plain_client = ClientApp()
 
 @plain_client.train()
 def plain_train(msg: Message, context: Context) -> Message:
-    config = RunConfig.from_mapping({k: v for k, v in msg.content["config"].items() if k != "server-round"})
+    config = resolve({k: v for k, v in msg.content["config"].items() if k != "server-round"})
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

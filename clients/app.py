@@ -18,7 +18,7 @@ from flwr.clientapp.mod import fixedclipping_mod
 
 from fedprune import modes, protocol
 from fedprune.bits import unflatten_masks, unpack
-from fedprune.config import RunConfig
+from fedprune.config import RunConfig, resolve
 from fedprune.dpsgd import DPSGD
 from fedprune.local import client_data, new_model
 from fedprune.masks import parameter_shapes, prunable_parameters
@@ -51,7 +51,7 @@ def train(msg: Message, context: Context) -> Message:
 
 def _train(msg: Message, context: Context) -> Message:
     settings, plan_values, mask_values = protocol.split_config(msg.content.config_records[protocol.CONFIG])
-    config = RunConfig.from_mapping(settings)
+    config = resolve(settings)
     plan = RoundPlan.from_mapping(plan_values)
     client = int(context.node_config["partition-id"])
     examples = client_data(config, client, int(context.node_config["num-partitions"]))

@@ -1,9 +1,11 @@
-"""The settings of a federated run, validated once where they enter.
+"""The settings of a federated run, resolved and validated once where they enter.
 
 Flower hands settings over as ``[tool.flwr.app.config]`` keys in kebab-case
-(``target-sparsity = 0.9``); :meth:`RunConfig.from_mapping` turns them into a frozen
+(``target-sparsity = 0.9``); :func:`resolve` turns them (or a :class:`RunConfig`) into a frozen
 :class:`RunConfig` and fails, before any work starts, on an unknown key, a wrong type or a bad
-value, naming the fix.
+value, naming the fix. Every entry (``fedprune run`` and its other commands, ``flwr run .``,
+sweep cells, the client, the Python API) goes through it, so a mode's defaults and every check
+are the same everywhere.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
+from fedprune import config_checks
 from fedprune.privacy import weight_channel
 from fedprune.schedules import Constant, Geometric, OneShot, Polynomial, Schedule
 from fedprune.validation import ConfigError, finite, pick, positive, positive_int, probability, sparsity
@@ -25,25 +29,34 @@ METHODS = {
 WEIGHT_CHANNELS = weight_channel.CHANNELS
 MODES = {"default": "clients send weights and mask reports",
          "mask-only": "weights frozen at the seed's initialisation; clients send only privatized mask samples"}
-# Settings a mode changes when they are not given (from_mapping: `fedprune run`, not pyproject's full table).
-# Mask-only trains real-valued scores (Adam, as FedPM) at density 0.5 (edge-popup's best range); 8 local epochs
-# reach in 30 rounds what 4 reach in 50, for 30 reports' privacy cost (docs/MASK_ONLY.md).
-MODE_DEFAULTS = {"mask-only": {"optimizer": "adam", "learning-rate": 0.2, "local-epochs": 8, "target-sparsity": 0.5}}
+AUTO = "auto"  # a mode-dependent setting left to the mode: RunConfig resolves it from MODE_DEFAULTS
+# The settings a mode decides unless given. Mask-only trains real-valued scores (Adam, as FedPM) at density 0.5
+# (edge-popup's best range); 8 local epochs reach in 30 rounds what 4 reach in 50, for 30 reports' privacy cost
+# (docs/MASK_ONLY.md).
+MODE_DEFAULTS = {
+    "default": {"optimizer": "sgd", "learning_rate": 0.05, "local_epochs": 4, "target_sparsity": 0.9},
+    "mask-only": {"optimizer": "adam", "learning_rate": 0.2, "local_epochs": 8, "target_sparsity": 0.5},
+}
 SCHEDULE_NAMES = ("oneshot", "constant", "geometric", "polynomial")
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Every setting of a federated pruning run (kebab-case keys in pyproject.toml)."""
+    """Every setting of a federated pruning run (kebab-case keys in pyproject.toml), resolved and checked.
+
+    Construction resolves ``AUTO`` settings to the mode's defaults, accepts what TOML and the
+    command line give (``"0.8"``, ``"true"``) and runs every check (``fedprune.config_checks``),
+    so a RunConfig always holds valid, resolved values.
+    """
 
     num_server_rounds: int = 30
     num_clients: int = 10
     fraction_train: float = 1.0
     min_replies: int = 2
-    local_epochs: int = 4
+    local_epochs: int = AUTO  # the mode's: 4; mask-only 8
     batch_size: int = 32
-    learning_rate: float = 0.05
-    optimizer: str = "sgd"
+    learning_rate: float = AUTO  # the mode's: 0.05; mask-only 0.2
+    optimizer: str = AUTO  # the mode's: sgd; mask-only adam
     momentum: float = 0.9
     weight_decay: float = 0.0
     dataset: str = "mnist1d"
@@ -52,7 +65,7 @@ class RunConfig:
     dirichlet_alpha: float = 0.5
     classes_per_client: int = 2
     method: str = "votes"
-    target_sparsity: float = 0.9
+    target_sparsity: float = AUTO  # the mode's: 0.9; mask-only 0.5
     schedule: str = "polynomial"
     prune_start: int = 6
     prune_end: int = 18
@@ -79,6 +92,18 @@ class RunConfig:
     resume: bool = False
 
     def __post_init__(self):
+        mode = _coerce("mode", self.mode, str)
+        pick("mode", mode, MODES)
+        auto = frozenset(name for name in MODE_DEFAULTS[mode] if getattr(self, name) == AUTO)
+        for field in dataclasses.fields(self):  # frozen: resolved values are set once, here
+            value = MODE_DEFAULTS[mode][field.name] if field.name in auto else getattr(self, field.name)
+            object.__setattr__(self, field.name, _coerce(_key(field.name), value, _kind(field)))
+        object.__setattr__(self, "_auto", auto)  # kept by replace(): a new mode brings its own defaults
+        self._check_values()
+        config_checks.check_names(self)
+        config_checks.check_federated(self)
+
+    def _check_values(self) -> None:
         for name in ("num_server_rounds", "num_clients", "min_replies", "local_epochs", "batch_size",
                      "prune_start", "prune_end", "prune_every", "classes_per_client"):
             positive_int(_key(name), getattr(self, name))
@@ -90,17 +115,15 @@ class RunConfig:
             raise ConfigError(f"weight-decay must be >= 0, got {self.weight_decay}")
         positive("dirichlet-alpha", self.dirichlet_alpha)
         pick("method", self.method, METHODS)
-        _check_names(self)
         pick("schedule", self.schedule, dict.fromkeys(SCHEDULE_NAMES))
-        pick("weight channel", self.weight_channel, WEIGHT_CHANNELS)
-        pick("mode", self.mode, MODES)
+        pick("weight-channel", self.weight_channel, WEIGHT_CHANNELS)
         sparsity(self.target_sparsity, "target-sparsity")
         if self.mode == "default" and (self.prune_end < self.prune_start or self.prune_end > self.num_server_rounds):
             raise ConfigError(f"prune-end ({self.prune_end}) must lie in [prune-start ({self.prune_start}), "
                               f"num-server-rounds ({self.num_server_rounds})]")
-        eps = float(self.epsilon_per_decision)
-        if math.isnan(eps) or eps <= 0:
-            raise ConfigError(f"epsilon-per-decision must be > 0 (inf for exact, non-private votes), got {eps}")
+        if math.isnan(self.epsilon_per_decision) or self.epsilon_per_decision <= 0:
+            raise ConfigError("epsilon-per-decision must be > 0 (inf for exact, non-private votes), got "
+                              f"{self.epsilon_per_decision}")
         probability("delta", self.delta)
         if self.unit not in ("record", "client"):
             raise ConfigError(f"unknown unit {self.unit!r}; valid units: client, record")
@@ -112,6 +135,11 @@ class RunConfig:
             raise ConfigError(f"budget-epsilon must be >= 0 (0: no budget), got {self.budget_epsilon}")
         if self.seed < 0:
             raise ConfigError(f"seed must be >= 0, got {self.seed}")
+        if self.privacy_seed < -1:
+            raise ConfigError(f"privacy-seed must be -1 (fresh OS randomness) or a seed >= 0, got {self.privacy_seed}")
+        if self.run_name in (".", "..") or any(sep in self.run_name for sep in "/\\"):
+            raise ConfigError(f"run-name must be a folder name, without / or \\, got {self.run_name!r}; put the "
+                              "folder's parent in output-dir")
         if self.min_replies > self.num_clients:
             raise ConfigError(f"min-replies ({self.min_replies}) exceeds num-clients ({self.num_clients}): a round could "
                               f"never complete; set min-replies to at most {self.num_clients} (--set min-replies="
@@ -131,8 +159,9 @@ class RunConfig:
         """How this run's weight updates travel and are averaged (``fedprune.privacy.weight_channel``)."""
         return weight_channel.build(self.weight_channel, self.noise_multiplier, self.clipping_norm)
 
-    def build_schedule(self) -> Schedule:
-        """The pruning schedule these settings describe (rounds from prune-start to prune-end)."""
+    @cached_property
+    def pruning_schedule(self) -> Schedule:
+        """The pruning schedule these settings describe (rounds from prune-start to prune-end), built once."""
         if self.schedule == "oneshot":
             return OneShot(self.target_sparsity, at_round=self.prune_start)
         if self.schedule == "constant":
@@ -146,53 +175,39 @@ class RunConfig:
         return Polynomial(self.target_sparsity, start=self.prune_start, end=end, every=self.prune_every)
 
     def to_mapping(self) -> dict:
-        """The kebab-case mapping ``from_mapping`` reads (what the run writes as config.json)."""
+        """The kebab-case mapping :func:`resolve` reads, with resolved values (what the run writes as config.json)."""
         return {_key(f.name): getattr(self, f.name) for f in dataclasses.fields(self)}
 
-    @classmethod
-    def from_mapping(cls, settings: Mapping[str, object]) -> RunConfig:
-        """Build from kebab-case keys; unknown keys and wrong types fail naming the valid ones.
-
-        Keys not given take the mode's defaults (``MODE_DEFAULTS``), then the general ones.
-        """
-        fields = {_key(f.name): f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(settings) - set(fields))
-        if unknown:
-            raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; valid settings: {', '.join(fields)}")
-        mode = _coerce("mode", settings.get("mode", cls.mode), str)
-        settings = {**MODE_DEFAULTS.get(mode, {}), **settings}
-        values = {}
-        for key, value in settings.items():
-            field = fields[key]
-            values[field.name] = _coerce(key, value, type(field.default))
-        return cls(**values)
-
     def replace(self, **changes) -> RunConfig:
-        return dataclasses.replace(self, **changes)
+        """A copy with ``changes``; settings left to the mode stay so (a new mode brings its own defaults)."""
+        return dataclasses.replace(self, **{**dict.fromkeys(self._auto, AUTO), **changes})
 
 
-def _check_names(config: RunConfig) -> None:
-    """Every named choice against its registry, so a misspelt one fails here and not rounds later."""
-    from fedprune.data import DATASETS  # imported here: the registries pull in torch and the models
-    from fedprune.distributions import DISTRIBUTIONS
-    from fedprune.models import MODELS
-    from fedprune.partitioning import PARTITION_METHODS
-    from fedprune.privacy.mechanisms import MECHANISMS
-    from fedprune.scorers import SCORERS
-    from fedprune.training import OPTIMIZERS
+def resolve(settings: RunConfig | Mapping[str, object]) -> RunConfig:
+    """The one entry for a run's settings: a checked, resolved :class:`RunConfig`.
 
-    pick("mechanism", config.mechanism, {**MECHANISMS, "none": None})
-    pick("scorer", config.scorer, SCORERS)
-    pick("distribution", config.distribution, DISTRIBUTIONS)
-    pick("optimizer", config.optimizer, OPTIMIZERS)
-    pick("model", config.model, MODELS)
-    pick("partitioner", config.partitioner, dict.fromkeys(PARTITION_METHODS))
-    if not str(config.dataset).startswith("hf:"):
-        pick("dataset", config.dataset, {**DATASETS, "hf:<name or local path>": None})
+    ``settings``: a RunConfig (already resolved) or kebab-case keys as in pyproject.toml, where
+    ``"auto"`` or a missing key takes the mode's default. Unknown keys, wrong types and bad values
+    fail with a ConfigError naming the key, the allowed values and the fix.
+    """
+    if isinstance(settings, RunConfig):
+        return settings
+    if not isinstance(settings, Mapping):
+        raise ConfigError(f"settings must be a RunConfig or a mapping of kebab-case keys, got {type(settings).__name__}")
+    fields = {_key(f.name): f.name for f in dataclasses.fields(RunConfig)}
+    unknown = sorted(set(settings) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown setting(s) {', '.join(map(str, unknown))}; valid settings: {', '.join(fields)}")
+    return RunConfig(**{fields[key]: value for key, value in settings.items()})
 
 
 def _key(name: str) -> str:
     return name.replace("_", "-")
+
+
+def _kind(field: dataclasses.Field) -> type:
+    """The type a field's values have (a mode-dependent one's default is AUTO, a string)."""
+    return type(MODE_DEFAULTS["default"].get(field.name, field.default))
 
 
 def _coerce(key: str, value, kind: type):

@@ -35,7 +35,7 @@ from fedprune.privacy.accountant import Accountant
 from fedprune.privacy.mechanisms import MaskReport
 from fedprune.privacy.rng import privacy_rng
 from fedprune.privacy.statement import statement
-from fedprune.rounds import (RoundPlan, check_federated, mask_events, mask_release, mechanism_for, next_global_masks,
+from fedprune.rounds import (RoundPlan, mask_events, mask_release, mechanism_for, next_global_masks,
                              plan_round, server_scores)
 from fedprune.validation import ConfigError
 
@@ -68,9 +68,8 @@ class Coordinator:
     """Holds the global mask, the schedule position and the ledger across rounds."""
 
     def __init__(self, config: RunConfig, state_shapes: Mapping[str, tuple[int, ...]], prunable: list[str]):
-        check_federated(config)
         self.config = config
-        self.schedule = config.build_schedule()
+        self.schedule = config.pruning_schedule
         self.shapes = {name: tuple(shape) for name, shape in state_shapes.items()}
         missing = sorted(set(prunable) - set(self.shapes))
         if missing:

@@ -28,10 +28,6 @@ from fedprune.privacy.spec import ReportSpec
 from fedprune.scorers import DATA_SCORERS
 from fedprune.validation import ConfigError
 
-# Mask-only mode (fedprune.mask_only) has one mechanism, weight-level masks, no weight channel or dense baseline.
-MASK_ONLY_REQUIRES = {"method": "votes", "mechanism": "randomized-response", "weight_channel": "clear",
-                      "structure": "unstructured", "dense_baseline": False}
-
 
 @dataclass(frozen=True)
 class RoundPlan:
@@ -173,25 +169,3 @@ def no_guarantee(config: RunConfig) -> str | None:
     if config.method == "votes" and not config.private_votes and config.unit not in mask_post_processing_units(config):
         return "exact mask votes (epsilon-per-decision inf) are sent without privacy"
     return None
-
-
-def check_federated(config: RunConfig) -> None:
-    """Fail before any work on settings the federated rounds do not support."""
-    why = no_guarantee(config) if config.budget_epsilon > 0 else None
-    if why:
-        raise ConfigError(f"budget-epsilon {config.budget_epsilon:g} binds the end-to-end {config.unit}-level figure, "
-                          f"but {why}: the first round would be refused. Use weight-channel server-clipping or "
-                          "client-clipping (client level), dpsgd with unit record, or mode mask-only; or set "
-                          "budget-epsilon 0")
-    layout = layout_for(config)  # ConfigError for a structure no layout votes on
-    if config.mode == "mask-only":
-        for name, value in MASK_ONLY_REQUIRES.items():
-            if getattr(config, name) != value:
-                key = name.replace("_", "-")
-                raise ConfigError(f"mode mask-only sends one clipped Bernoulli mask sample per round and nothing else "
-                                  f"(randomized response per weight): {key} must be {value!r}, got "
-                                  f"{getattr(config, name)!r}; leave {key} at its default or use mode default")
-        if config.target_sparsity <= 0:
-            raise ConfigError("mode mask-only learns which weights to keep: target-sparsity must be > 0 (its default "
-                              "is 0.5)")
-    layout.check(config)

@@ -1,7 +1,8 @@
 """The fedprune ServerApp: read the run's settings and run the federation.
 
-``flwr run .`` hands it ``[tool.flwr.app.config]`` with any ``--run-config`` overrides;
-``fedprune run`` builds it with ``make_app`` from settings it has already checked.
+``flwr run .`` hands it ``[tool.flwr.app.config]`` with any ``--run-config`` overrides, which
+``config_of`` resolves (mode defaults, every check) before anything else; ``fedprune run``
+builds it with ``make_app`` from settings it has already resolved.
 
 Under ``flwr run .`` the federation decides how many SuperNodes there are (Flower 1.41's local
 simulation starts 2 unless its connection sets ``options.num-supernodes``). Each node's
@@ -13,11 +14,12 @@ smaller federation lowers ``num-clients`` to it and says so, instead of waiting 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedprune.config import RunConfig
+from fedprune.config import RunConfig, resolve
 from server.driver import run_federation
 
 SETTLE_SECONDS = 10.0
@@ -33,9 +35,15 @@ def make_app(config: RunConfig | None = None, progress=print, runner=run_federat
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        runner(grid, config or with_population(grid, RunConfig.from_mapping(context.run_config), progress), progress)
+        runner(grid, config or with_population(grid, config_of(context.run_config), progress), progress)
 
     return server_app
+
+
+def config_of(run_config: Mapping[str, object]) -> RunConfig:
+    """The run's settings from Flower's ``context.run_config`` (pyproject's table, ``"auto"`` for the
+    mode-dependent keys, with ``--run-config`` overrides), resolved and checked before any work."""
+    return resolve(dict(run_config))
 
 
 def with_population(grid: Grid, config: RunConfig, progress, poll: float = 0.5) -> RunConfig:

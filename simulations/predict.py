@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedprune.config import RunConfig
+from fedprune.config import RunConfig, resolve
 from fedprune.privacy import replay
 from fedprune.rounds import RoundPlan, mechanism_for
 from fedprune.validation import ConfigError
@@ -87,7 +87,7 @@ def _runs(paths) -> list[tuple[Path, RunConfig]]:
         if not folders:
             raise ConfigError(f"{path} holds no run (no config.json in it or its subfolders)")
         for folder in folders:
-            config = RunConfig.from_mapping(json.loads((folder / "config.json").read_text()))
+            config = resolve(json.loads((folder / "config.json").read_text()))
             if config.method == "votes" and (folder / replay.VOTES_FILE).exists():
                 out.append((folder, config))
     return out

@@ -13,9 +13,10 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
-from fedprune.config import RunConfig
+from fedprune.config import MODE_DEFAULTS, RunConfig, resolve
 from fedprune.validation import ConfigError
 
 WORKER = "FEDPRUNE_RUN_WORKER"  # the resolved settings, in the environment of the supervised child
@@ -28,15 +29,23 @@ SHORTCUTS = {  # option -> config key
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
+    defaults = RunConfig().to_mapping()
     for option, key in SHORTCUTS.items():
         parser.add_argument(f"--{option.replace('_', '-')}", dest=option, default=None, metavar=key.upper(),
-                            help=f"sets {key} (default {RunConfig().to_mapping()[key]!r})")
+                            help=f"sets {key} (default {_default(key, defaults)})")
     parser.add_argument("--dense-baseline", action="store_true", help="also train dense FedAvg (same seed, rounds)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="any [tool.flwr.app.config] key, e.g. --set dirichlet-alpha=0.1 (repeatable)")
     parser.add_argument("--resume", metavar="RUN_DIR", default=None,
                         help="continue the run in RUN_DIR from its last finished round, with its config.json")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
+
+
+def _default(key: str, defaults: dict) -> str:
+    name = key.replace("-", "_")
+    if name in MODE_DEFAULTS["default"]:  # mode-dependent: say so
+        return "the mode's: " + ", ".join(f"{values[name]!r} in {mode}" for mode, values in MODE_DEFAULTS.items())
+    return repr(defaults[key])
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -58,20 +67,19 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         if not sep:
             raise ConfigError(f"--set takes KEY=VALUE, got {item!r}")
         settings[key.strip()] = value.strip()
-    return RunConfig.from_mapping(settings)
+    return resolve(settings)
 
 
-def simulate(config: RunConfig, progress=print, num_cpus: int | None = None) -> dict:
-    """Run ``config`` on Flower's simulation engine (one virtual SuperNode per client).
+def simulate(settings: RunConfig | Mapping[str, object], progress=print, num_cpus: int | None = None) -> dict:
+    """Run ``settings`` (a RunConfig or kebab-case keys, resolved here) on Flower's simulation engine,
+    one virtual SuperNode per client.
 
     ``num_cpus``: CPUs Ray may use (default all), so clients train one per CPU.
     """
     from fedprune.local import check_partition
-    from fedprune.rounds import check_federated
     from server import run_folder
 
-    config = run_folder.with_name(config)
-    check_federated(config)
+    config = run_folder.with_name(resolve(settings))
     check_partition(config)
     try:
         with run_folder.owned(config):  # checked, created and locked before the engine starts
@@ -108,15 +116,13 @@ def _simulate(config: RunConfig, progress, num_cpus: int | None) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     """Check the settings and the run folder here (exit 2 before any work), then run the job supervised."""
-    from fedprune.rounds import check_federated
     from server import run_folder
     from simulations.supervise import supervise
 
     progress = (lambda line: None) if args.quiet else print
     if WORKER in os.environ:  # the supervised child: the settings were resolved by the supervisor
-        return _report(simulate(RunConfig.from_mapping(json.loads(os.environ[WORKER])), progress=progress))
-    config = run_folder.with_name(config_from_args(args))
-    check_federated(config)
+        return _report(simulate(resolve(json.loads(os.environ[WORKER])), progress=progress))
+    config = run_folder.with_name(config_from_args(args))  # resolved and checked: exit 2 before any work
     try:
         run_folder.check(config)
     except run_folder.RunFinished as finished:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from fedprune import modes
-from fedprune.config import RunConfig
+from fedprune.config import RunConfig, resolve
 from fedprune.local import new_model
 from fedprune.masks import prunable_parameters
 from fedprune.validation import ConfigError
@@ -39,7 +39,7 @@ def load_run(run_dir) -> LoadedRun:
     folder = Path(run_dir)
     if not folder.is_dir():
         raise ConfigError(f"{folder} is not a folder; pass a run folder of `fedprune run` (runs/NAME)")
-    config = RunConfig.from_mapping(read_json(folder / "config.json"))
+    config = resolve(read_json(folder / "config.json"))
     summary = read_json(folder / "summary.json")
     round, weights, state = checkpoint.load(folder)
     model = new_model(config)

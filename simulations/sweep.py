@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
-from fedprune.config import RunConfig
+from fedprune.config import RunConfig, resolve
 from fedprune.validation import ConfigError
 
 OWNED = ("run-name", "output-dir", "resume")  # the sweep sets these for every cell
@@ -130,15 +130,12 @@ def load_grid(path: str | Path) -> tuple[dict, dict]:
 
 def plan_cells(base: dict, grid: dict, out: Path) -> list[Cell]:
     """Every cell of the grid, each checked as a run would check it, before anything runs."""
-    from fedprune.rounds import check_federated
-
     cells, names = [], {}
     for combination in itertools.product(*grid.values()):
         values = dict(zip(grid, combination))
         where = ", ".join(f"{k} = {v!r}" for k, v in values.items()) or "the base settings"
         try:
-            config = RunConfig.from_mapping({**base, **values})
-            check_federated(config)
+            config = resolve({**base, **values})
         except ConfigError as error:
             raise ConfigError(f"cell ({where}): {error}") from None
         name = cell_name({key: getattr(config, key.replace("-", "_")) for key in values})
@@ -227,7 +224,7 @@ def run_cells(cells: list[Cell], *, jobs: int, cpus: int, progress=print) -> dic
 def run_cell(settings: dict, cpus: int) -> dict:
     """One cell in a worker process: ``fedprune run`` with these settings; its output goes to cell.log."""
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-    config = RunConfig.from_mapping(settings)
+    config = resolve(settings)
     folder = Path(config.output_dir) / config.run_name
     folder.mkdir(parents=True, exist_ok=True)
     log = open(folder / "cell.log", "a", buffering=1)

@@ -9,7 +9,7 @@ import pytest
 
 from fedprune.aggregation import scatter, select_layer_masks, select_mask, weighted_average
 from fedprune.compact import MalformedReply, check_compact, compact, compact_shapes, expand
-from fedprune.config import RunConfig
+from fedprune.config import RunConfig, resolve
 from fedprune.validation import ConfigError
 
 
@@ -74,31 +74,34 @@ def test_scatter_puts_estimates_back():
 
 
 def test_config_defaults_equal_pyproject_flower_config():
-    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
-    assert pyproject["tool"]["flwr"]["app"]["config"] == RunConfig().to_mapping()
+    table = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    assert list(table) == list(RunConfig().to_mapping())
+    assert resolve(table) == RunConfig()
+    assert {key: value for key, value in table.items() if value != "auto"} == \
+        {key: value for key, value in RunConfig().to_mapping().items() if key in table and table[key] != "auto"}
 
 
 def test_config_from_mapping_coerces_and_rejects():
-    config = RunConfig.from_mapping({"target-sparsity": "0.8", "regrowth": "true", "num-server-rounds": 20.0})
+    config = resolve({"target-sparsity": "0.8", "regrowth": "true", "num-server-rounds": 20.0})
     assert config.target_sparsity == 0.8 and config.regrowth is True and config.num_server_rounds == 20
-    assert RunConfig.from_mapping(config.to_mapping()) == config
+    assert resolve(config.to_mapping()) == config
     with pytest.raises(ConfigError, match="unknown setting.*valid settings: num-server-rounds"):
-        RunConfig.from_mapping({"rounds": 3})
+        resolve({"rounds": 3})
     with pytest.raises(ConfigError, match="must be an integer"):
-        RunConfig.from_mapping({"num-server-rounds": "many"})
+        resolve({"num-server-rounds": "many"})
     with pytest.raises(ConfigError, match=r"target-sparsity must be in \[0, 1\)"):
-        RunConfig.from_mapping({"target-sparsity": 1.0})
+        resolve({"target-sparsity": 1.0})
     with pytest.raises(ConfigError, match="valid methods"):
-        RunConfig.from_mapping({"method": "magic"})
+        resolve({"method": "magic"})
     with pytest.raises(ConfigError, match="epsilon-per-decision must be > 0"):
-        RunConfig.from_mapping({"epsilon-per-decision": 0})
-    assert math.isinf(RunConfig.from_mapping({"epsilon-per-decision": "inf"}).epsilon_per_decision)
-    assert not RunConfig.from_mapping({"epsilon-per-decision": "inf"}).private_votes
+        resolve({"epsilon-per-decision": 0})
+    assert math.isinf(resolve({"epsilon-per-decision": "inf"}).epsilon_per_decision)
+    assert not resolve({"epsilon-per-decision": "inf"}).private_votes
 
 
 def test_default_schedule_reaches_the_target_by_prune_end():
     config = RunConfig()
-    schedule = config.build_schedule()
+    schedule = config.pruning_schedule
     assert schedule.sparsity_at(config.prune_end) == pytest.approx(config.target_sparsity)
     updates = [r for r in range(1, config.num_server_rounds + 1) if schedule.is_update_round(r)]
     assert updates and max(updates) == config.prune_end
@@ -109,4 +112,4 @@ def test_every_named_setting_is_checked_where_it_enters(key):
     with pytest.raises(ConfigError, match=f"unknown {key} 'bogus'; valid {key}s: "):
         RunConfig(**{key: "bogus"})
     with pytest.raises(ConfigError, match=f"unknown {key} 'bogus'"):
-        RunConfig.from_mapping({key: "bogus"})
+        resolve({key: "bogus"})

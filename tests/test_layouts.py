@@ -12,7 +12,7 @@ from fedprune.layouts.units import UnitLayout
 from fedprune.layouts.weights import WeightLayout
 from fedprune.local import new_model
 from fedprune.masks import prunable_parameters
-from fedprune.rounds import check_federated, local_mask_bits, next_global_masks, server_scores
+from fedprune.rounds import local_mask_bits, next_global_masks, server_scores
 from fedprune.validation import ConfigError
 from strategy_helpers import small_config
 
@@ -76,11 +76,11 @@ def test_a_new_layout_is_one_class_and_one_registration(monkeypatch):
     register(Everything())
     config = small_config(structure="blocks")
     assert isinstance(layout_for(config), Everything) and isinstance(layout_for(config), Layout)
-    coordinator = coordinator_of(config)  # check_federated accepts it
+    coordinator = coordinator_of(config)  # the settings checks accept it
     assert coordinator.plan(1).report_length == coordinator.eligible.size
 
 
 def test_a_structure_no_layout_votes_on_is_refused_naming_those_that_do():
     with pytest.raises(ConfigError, match="structure 'n:m' is not supported in federated runs yet; "
                                           "use one of: unstructured, units"):
-        check_federated(small_config(structure="n:m"))
+        small_config(structure="n:m")

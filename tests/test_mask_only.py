@@ -20,14 +20,13 @@ from flwr.common.serde import recorddict_to_proto
 
 import clients.app
 from fedprune import protocol
-from fedprune.config import RunConfig
+from fedprune.config import RunConfig, resolve
 from fedprune.coordinator import BudgetExhausted
 from fedprune.local import client_data, new_model
 from fedprune.mask_only import MaskOnlyCoordinator, client_round_mask_only
 from fedprune.masks import prunable_parameters
 from fedprune.privacy.closed_form import rr_composition_epsilon
 from fedprune.privacy.rng import privacy_rng
-from fedprune.rounds import check_federated
 from fedprune.supermask import frozen_state
 from fedprune.validation import ConfigError
 from server import checkpoint
@@ -44,7 +43,7 @@ def small_config(**changes) -> RunConfig:
                 "num-server-rounds": 3, "privacy-seed": 3, "epsilon-per-decision": 2.0, "batch-size": 64,
                 "local-epochs": 1}
     settings.update(changes)
-    return RunConfig.from_mapping(settings)
+    return resolve(settings)
 
 
 def coordinator_for(config) -> MaskOnlyCoordinator:
@@ -84,19 +83,18 @@ def assert_matches(figure, exact):
 # --- settings ------------------------------------------------------------------------------------
 
 def test_mode_defaults_apply_only_to_settings_not_given():
-    config = RunConfig.from_mapping({"mode": "mask-only", "num-server-rounds": 2})
+    config = resolve({"mode": "mask-only", "num-server-rounds": 2})  # two rounds: the pruning schedule does not apply
     assert (config.optimizer, config.learning_rate, config.local_epochs, config.target_sparsity) == \
         ("adam", 0.2, 8, 0.5)
-    assert RunConfig.from_mapping({"mode": "mask-only", "learning-rate": 0.05}).learning_rate == 0.05
-    assert RunConfig.from_mapping({}).optimizer == "sgd"
-    check_federated(config)  # two rounds are fine: the pruning schedule does not apply
+    assert resolve({"mode": "mask-only", "learning-rate": 0.05}).learning_rate == 0.05
+    assert resolve({}).optimizer == "sgd"
 
 
 @pytest.mark.parametrize("change", [{"mechanism": "subset"}, {"weight-channel": "dpsgd"}, {"method": "dense"},
                                     {"structure": "units"}, {"dense-baseline": True}, {"target-sparsity": 0.0}])
 def test_settings_mask_only_cannot_honour_fail_before_any_work(change):
     with pytest.raises(ConfigError, match="mask-only"):
-        check_federated(RunConfig.from_mapping({"mode": "mask-only", **change}))
+        resolve({"mode": "mask-only", **change})
 
 
 def test_frozen_weights_are_the_same_in_another_process():

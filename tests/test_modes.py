@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 
 from fedprune import modes
-from fedprune.config import MODES, RunConfig
+from fedprune.config import MODES, RunConfig, resolve
 from fedprune.coordinator import Coordinator
 from fedprune.local import client_round
 from fedprune.mask_only import MaskOnlyCoordinator
@@ -21,7 +21,7 @@ def mask_only_config(**changes) -> RunConfig:
                 "num-server-rounds": 3, "privacy-seed": 3, "epsilon-per-decision": 2.0, "batch-size": 64,
                 "local-epochs": 1}
     settings.update(changes)
-    return RunConfig.from_mapping(settings)
+    return resolve(settings)
 
 
 def test_every_mode_the_settings_accept_is_registered_once():

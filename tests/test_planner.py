@@ -124,7 +124,7 @@ def test_more_clients_give_a_smaller_error_at_the_same_setting():
 
 def test_report_sizes_follow_the_rounds_plan():
     config = RunConfig(num_server_rounds=10, prune_start=2, prune_end=8, prune_every=2, target_sparsity=0.9)
-    schedule, eligible, current, planned, targets = config.build_schedule(), np.ones(D, dtype=bool), 0.0, [], []
+    schedule, eligible, current, planned, targets = config.pruning_schedule, np.ones(D, dtype=bool), 0.0, [], []
     for round in range(1, 11):
         plan = plan_round(config, schedule, round, current, eligible, {"w": (D,)})
         if plan.report:

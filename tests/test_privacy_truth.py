@@ -166,12 +166,12 @@ def test_every_figure_names_its_trust_model(changes, record, client):
 
 
 def test_a_mask_only_reply_with_a_loss_is_rejected():
-    from fedprune.config import RunConfig
+    from fedprune.config import resolve
     from fedprune.local import new_model
     from fedprune.mask_only import MaskOnlyCoordinator
     from fedprune.masks import prunable_parameters
 
-    config = RunConfig.from_mapping({"mode": "mask-only", "dataset": "digits", "model": "mlp", "num-clients": 4})
+    config = resolve({"mode": "mask-only", "dataset": "digits", "model": "mlp", "num-clients": 4})
     model = new_model(config)
     coordinator = MaskOnlyCoordinator(config, {n: tuple(v.shape) for n, v in model.state_dict().items()},
                                       list(prunable_parameters(model)))

@@ -1,0 +1,63 @@
+"""Checks of a run's settings that need more than the setting itself: the registries of named
+choices and what federated rounds support. RunConfig runs them when it is built, so a wrong
+setting fails where it enters, before any work (``fedprune.config.resolve``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from fedprune.validation import ConfigError, pick
+
+if TYPE_CHECKING:
+    from fedprune.config import RunConfig
+
+# Mask-only mode (fedprune.mask_only) has one mechanism, weight-level masks, no weight channel or dense baseline.
+MASK_ONLY_REQUIRES = {"method": "votes", "mechanism": "randomized-response", "weight_channel": "clear",
+                      "structure": "unstructured", "dense_baseline": False}
+
+
+def check_names(config: RunConfig) -> None:
+    """Every named choice against its registry, so a misspelt one fails here and not rounds later."""
+    from fedprune.data import DATASETS  # imported here: the registries pull in torch and the models
+    from fedprune.distributions import DISTRIBUTIONS
+    from fedprune.models import MODELS
+    from fedprune.partitioning import PARTITION_METHODS
+    from fedprune.privacy.mechanisms import MECHANISMS
+    from fedprune.scorers import SCORERS
+    from fedprune.training import OPTIMIZERS
+
+    pick("mechanism", config.mechanism, {**MECHANISMS, "none": None})
+    pick("scorer", config.scorer, SCORERS)
+    pick("distribution", config.distribution, DISTRIBUTIONS)
+    pick("optimizer", config.optimizer, {**OPTIMIZERS, "auto (the mode's)": None})
+    pick("model", config.model, MODELS)
+    pick("partitioner", config.partitioner, dict.fromkeys(PARTITION_METHODS))
+    if not str(config.dataset).startswith("hf:"):
+        pick("dataset", config.dataset, {**DATASETS, "hf:<name or local path>": None})
+
+
+def check_federated(config: RunConfig) -> None:
+    """Settings the federated rounds do not support: structure, mode mask-only's requirements, unit scorers,
+    a budget that could never bind."""
+    from fedprune.layouts import layout_for  # imported here: the round logic imports this package's config
+    from fedprune.rounds import no_guarantee
+
+    why = no_guarantee(config) if config.budget_epsilon > 0 else None
+    if why:
+        raise ConfigError(f"budget-epsilon {config.budget_epsilon:g} binds the end-to-end {config.unit}-level figure, "
+                          f"but {why}: the first round would be refused. Use weight-channel server-clipping or "
+                          "client-clipping (client level), dpsgd with unit record, or mode mask-only; or set "
+                          "budget-epsilon 0")
+    layout = layout_for(config)  # ConfigError for a structure no layout votes on
+    if config.mode == "mask-only":
+        for name, value in MASK_ONLY_REQUIRES.items():
+            if getattr(config, name) != value:
+                key = name.replace("_", "-")
+                raise ConfigError(f"mode mask-only sends one clipped Bernoulli mask sample per round and nothing else "
+                                  f"(randomized response per weight): {key} must be {value!r}, got "
+                                  f"{getattr(config, name)!r}; leave {key} at its default or use mode default")
+        if config.target_sparsity <= 0:
+            raise ConfigError("mode mask-only learns which weights to keep: target-sparsity must be > 0 (its default "
+                              "is 0.5)")
+    layout.check(config)
