@@ -15,6 +15,7 @@ import os
 import sys
 from pathlib import Path
 
+from fedprune import run_folder
 from fedprune.config import RunConfig
 from fedprune.validation import ConfigError
 
@@ -44,9 +45,9 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     if args.resume:
         folder = Path(args.resume)
         try:
-            settings.update(json.loads((folder / "config.json").read_text()))
+            settings.update(json.loads((folder / run_folder.CONFIG).read_text()))
         except (OSError, ValueError) as error:
-            raise ConfigError(f"cannot read {folder / 'config.json'} to resume: {error}") from None
+            raise ConfigError(f"cannot read {folder / run_folder.CONFIG} to resume: {error}") from None
         settings.update({"run-name": folder.name, "output-dir": str(folder.parent), "resume": True})
     for option, key in SHORTCUTS.items():
         if getattr(args, option) is not None:
@@ -68,7 +69,6 @@ def simulate(config: RunConfig, progress=print, num_cpus: int | None = None) -> 
     """
     from fedprune.local import check_partition
     from fedprune.rounds import check_federated
-    from server import run_folder
 
     config = run_folder.with_name(config)
     check_federated(config)
@@ -109,7 +109,6 @@ def _simulate(config: RunConfig, progress, num_cpus: int | None) -> dict:
 def run(args: argparse.Namespace) -> int:
     """Check the settings and the run folder here (exit 2 before any work), then run the job supervised."""
     from fedprune.rounds import check_federated
-    from server import run_folder
     from simulations.supervise import supervise
 
     progress = (lambda line: None) if args.quiet else print

@@ -2,13 +2,14 @@
 
 import json
 
+from fedprune import run_folder
 from fedprune.config import RunConfig
 from fedprune.coordinator import Coordinator
 from fedprune.local import new_model
 from fedprune.masks import apply_masks, prunable_parameters
 from fedprune.privacy.rng import RandomnessSource
 from fedprune.pruning import compute_masks
-from server import checkpoint, report
+from server import report
 
 
 def write_run_folder(folder, *, clients: int, sparsity: float, accuracy: float):
@@ -28,11 +29,11 @@ def write_run_folder(folder, *, clients: int, sparsity: float, accuracy: float):
     coordinator.masks = compute_masks({n: p.detach() for n, p in prunable_parameters(model).items()},
                                       sparsity=sparsity)
     coordinator.sparsity = sparsity
-    checkpoint.save(folder, 2, coordinator.compact(state), coordinator.state_dict())
-    (folder / "config.json").write_text(json.dumps(config.to_mapping()))
+    run_folder.save_checkpoint(folder, 2, coordinator.compact(state), coordinator.state_dict())
+    (folder / run_folder.CONFIG).write_text(json.dumps(config.to_mapping()))
     summary = report.summary(config, coordinator, [{"round": 2, "accuracy": accuracy, "upload_bytes": [1]}], 1.0,
                              None, None, RandomnessSource.from_seed(0))
     summary["run_dir"] = str(folder)
-    (folder / "summary.json").write_text(json.dumps(summary))
+    (folder / run_folder.SUMMARY).write_text(json.dumps(summary))
     apply_masks(model, coordinator.masks)
     return config, model.eval(), coordinator.masks, summary

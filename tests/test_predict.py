@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+from fedprune import run_folder
 from fedprune.aggregation import select_mask
 from fedprune.bits import pack
 from fedprune.config import RunConfig
@@ -98,10 +99,10 @@ def plan_for(d, k, round=6):
 def write_run(folder, config: RunConfig, profile, mask, *, exact: bool, accuracy: float, round=6):
     """A run folder as server.driver leaves it, with one pruning event recorded through record_event."""
     folder.mkdir(parents=True)
-    (folder / "config.json").write_text(json.dumps(config.to_mapping()))
-    (folder / "summary.json").write_text(json.dumps({"final_accuracy": accuracy}))
+    (folder / run_folder.CONFIG).write_text(json.dumps(config.to_mapping()))
+    (folder / run_folder.SUMMARY).write_text(json.dumps({"final_accuracy": accuracy}))
     lines = [{"round": r, "accuracy": 0.1 * r, "loss": 1.0 / (r + 1)} for r in range(round + 1)]
-    (folder / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    (folder / run_folder.METRICS).write_text("".join(json.dumps(line) + "\n" for line in lines))
     votes = dict(plan=plan_for(profile.length, profile.kept, round), clients=profile.clients,
                  frequencies=profile.frequencies, tie_break=profile.tie_break, eligible=np.ones(profile.length, bool))
     replay.record_event(folder, votes, mask, exact=exact)
