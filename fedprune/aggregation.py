@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+import torch
 
+from fedprune.masks import keep_highest
 from fedprune.validation import ConfigError
 
 
@@ -40,7 +42,7 @@ def select_mask(
     tie_break: np.ndarray | None = None,
     eligible: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Keep the ``kept`` coordinates with the highest estimated keep-frequency.
+    """Keep the ``kept`` coordinates with the highest estimated keep-frequency (``fedprune.masks.keep_highest``).
 
     Ties (common with exact votes: every client keeps the same strong weights) go to the larger
     ``tie_break`` (the averaged weight's magnitude), then to the lower index. Coordinates not
@@ -64,10 +66,9 @@ def select_mask(
             raise ConfigError(f"eligible must have shape ({size},), got {eligible.shape}")
         kept = min(int(kept), int(eligible.sum()))
         frequencies = np.where(eligible, frequencies, -np.inf)
-    order = np.lexsort((-tie, -frequencies))  # primary key last; stable, so index breaks the rest
-    mask = np.zeros(size, dtype=bool)
-    mask[order[:kept]] = True
-    return mask
+    tie = None if tie_break is None else torch.from_numpy(np.where(np.isnan(tie), -np.inf, tie))  # NaN loses ties
+    keep = keep_highest(torch.from_numpy(np.ascontiguousarray(frequencies)), int(kept), tie)
+    return keep.numpy()
 
 
 def select_layer_masks(

@@ -68,6 +68,23 @@ def kept_count(numel: int, sparsity: float) -> int:
 
 # --- top-k -----------------------------------------------------------------------------------
 
+def keep_highest(scores: Tensor, kept: int, tie_break: Tensor | None = None) -> Tensor:
+    """Flat bool mask of the ``kept`` highest ``scores``: the one top-k selection of fedprune.
+
+    Ties go to the higher ``tie_break`` where one is given, then to the lower flat index. Callers
+    check ``kept`` and NaNs. Two stable descending sorts, tie-break first, give that order.
+    """
+    flat = scores.detach().reshape(-1)
+    if tie_break is None:
+        order = torch.sort(flat, descending=True, stable=True).indices
+    else:
+        first = torch.sort(tie_break.detach().reshape(-1), descending=True, stable=True).indices
+        order = first[torch.sort(flat[first], descending=True, stable=True).indices]
+    keep = torch.zeros(flat.shape, dtype=torch.bool, device=flat.device)
+    keep[order[:kept]] = True
+    return keep
+
+
 def topk(scores: Mapping[str, Tensor], counts: Mapping[str, int]) -> Masks:
     """Per layer, keep the ``counts[name]`` highest scores (ties: lower flat index first)."""
     masks = {}
@@ -78,10 +95,7 @@ def topk(scores: Mapping[str, Tensor], counts: Mapping[str, int]) -> Masks:
         if not 0 <= k <= score.numel():
             raise ConfigError(f"kept count {k} for {name!r} is outside [0, {score.numel()}]")
         _check_no_nan(name, score)
-        flat = score.detach().reshape(-1)
-        keep = torch.zeros(flat.shape, dtype=torch.bool, device=flat.device)
-        keep[torch.sort(flat, descending=True, stable=True).indices[:k]] = True
-        masks[name] = keep.reshape(score.shape)
+        masks[name] = keep_highest(score, k).reshape(score.shape)
     return masks
 
 
@@ -95,9 +109,7 @@ def global_topk(scores: Mapping[str, Tensor], kept: int) -> Masks:
     for name, score in scores.items():
         _check_no_nan(name, score)
     device = next(iter(scores.values())).device
-    flat = torch.cat([s.detach().reshape(-1).to(device) for s in scores.values()])
-    keep = torch.zeros(flat.shape, dtype=torch.bool, device=device)
-    keep[torch.sort(flat, descending=True, stable=True).indices[:kept]] = True
+    keep = keep_highest(torch.cat([s.detach().reshape(-1).to(device) for s in scores.values()]), kept)
     masks, start = {}, 0
     for name, score in scores.items():
         masks[name] = keep[start:start + score.numel()].reshape(score.shape).to(score.device)

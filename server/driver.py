@@ -18,17 +18,18 @@ import torch
 from flwr.serverapp import Grid
 from flwr.serverapp.exception import AggregationError, PrivacyBudgetExhausted
 
-from fedprune import modes
+from fedprune import modes, run_folder
 from fedprune.config import RunConfig
 from fedprune.coordinator import Coordinator
 from fedprune.data import make_loader
-from fedprune.local import run_dataset, new_model
+from fedprune.local import new_model, run_dataset
 from fedprune.masks import prunable_parameters
 from fedprune.privacy import replay, statement
 from fedprune.privacy.rng import RandomnessSource
 from fedprune.training import evaluate
-from server import checkpoint, report, run_folder
+from server import report
 from server.strategy import FedPrune, from_record, to_record
+
 
 def build_strategy(config: RunConfig, coordinator: Coordinator, offset: int) -> FedPrune:
     """FedPrune; its coordinator runs the weight channel (DP-FedAvg included, see server/strategy.py)."""
@@ -69,7 +70,7 @@ class RoundLog:
         if server_round > 0 and votes is not None and votes["plan"].round == round:
             replay.record_event(self.folder, votes, self.coordinator.eligible, exact=not self.config.private_votes)
         if server_round > 0:
-            checkpoint.save(self.folder, round, weights, self.coordinator.state_dict())
+            run_folder.save_checkpoint(self.folder, round, weights, self.coordinator.state_dict())
         self.last = line
         privacy = statement.short(self.config, self.coordinator.privacy())
         self.progress(f"round {round:>3}/{self.config.num_server_rounds}  accuracy {result['accuracy']:.4f}  "
@@ -94,15 +95,15 @@ def _run(grid: Grid, config: RunConfig, folder: Path, progress) -> dict:
     shapes = {name: value.shape for name, value in state.items()}
     coordinator = modes.get(config).coordinator(config, shapes, list(prunable_parameters(model)))
     offset, weights, seconds_before = 0, coordinator.compact(state), 0.0
-    if config.resume and (folder / checkpoint.FILE).exists():
-        offset, weights, saved = checkpoint.load(folder)
+    if config.resume and (folder / run_folder.CHECKPOINT).exists():
+        offset, weights, saved = run_folder.load_checkpoint(folder)
         coordinator.load_state_dict(saved)
         kept = run_folder.keep_metrics_until(folder, offset)
         seconds_before = kept[-1]["seconds"] if kept else 0.0
         progress(f"resuming {folder} after round {offset}")
     else:
         (folder / run_folder.METRICS).unlink(missing_ok=True)
-        (folder / replay.VOTES_FILE).unlink(missing_ok=True)
+        (folder / run_folder.VOTES).unlink(missing_ok=True)
     run_folder.write_atomic(folder / run_folder.CONFIG, json.dumps(config.to_mapping(), indent=2) + "\n")
 
     log = RoundLog(config, coordinator, folder, offset, progress, seconds_before)

@@ -6,12 +6,11 @@ import math
 import os
 from pathlib import Path
 
-from fedprune import modes
+from fedprune import modes, run_folder
 from fedprune.config import METHODS, WEIGHT_CHANNELS, RunConfig
 from fedprune.coordinator import Coordinator
 from fedprune.privacy.rng import RandomnessSource
 from fedprune.rounds import mechanism_for
-from server import run_folder
 
 
 def summary(config: RunConfig, coordinator: Coordinator, lines: list[dict], seconds: float, stopped,
@@ -114,9 +113,10 @@ def _plots(folder: Path, summary: dict, lines: list[dict]) -> list[str]:
 
     rounds = [line["round"] for line in lines]
     series = {
-        "accuracy.png": ("test accuracy", {"federated": [line["accuracy"] for line in lines]}),
-        "density.png": ("density (fraction of weights kept)", {"global mask": [line["density"] for line in lines]}),
-        "epsilon.png": ("epsilon spent (worst client)", {
+        run_folder.ACCURACY_PLOT: ("test accuracy", {"federated": [line["accuracy"] for line in lines]}),
+        run_folder.DENSITY_PLOT: ("density (fraction of weights kept)",
+                                  {"global mask": [line["density"] for line in lines]}),
+        run_folder.EPSILON_PLOT: ("epsilon spent (worst client)", {
             **{f"end to end, {unit} level": [line["epsilon"].get(unit) for line in lines]
                for unit in ("record", "client")},
             "mask channel alone, client level": [line["mask_channel_epsilon"].get("client") for line in lines]}),
@@ -131,7 +131,7 @@ def _plots(folder: Path, summary: dict, lines: list[dict]) -> list[str]:
                 missing.append(f"{legend}: none (no guarantee from round {first})")
                 continue
             axis.plot(rounds, [_nan(y) for y in ys], marker="o", markersize=3, label=legend)
-        if name == "accuracy.png" and summary.get("dense_fedavg_accuracy") is not None:
+        if name == run_folder.ACCURACY_PLOT and summary.get("dense_fedavg_accuracy") is not None:
             axis.axhline(summary["dense_fedavg_accuracy"], color="grey", linestyle="--",
                          label=f"dense FedAvg, final ({summary['dense_fedavg_accuracy']:.3f})")
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -139,7 +139,7 @@ def _plots(folder: Path, summary: dict, lines: list[dict]) -> list[str]:
         axis.set_ylabel(label)
         axis.set_title("\n".join([Path(summary.get("run_dir") or folder).name, *missing]), fontsize=8)
         if axis.get_legend_handles_labels()[0]:
-            axis.legend(fontsize=8, loc="lower right" if name == "accuracy.png" else "best")
+            axis.legend(fontsize=8, loc="lower right" if name == run_folder.ACCURACY_PLOT else "best")
         figure.tight_layout()
         temporary = folder / f".{name}.tmp"
         figure.savefig(temporary, dpi=100, format="png")

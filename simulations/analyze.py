@@ -18,13 +18,13 @@ import json
 
 import numpy as np
 
+from fedprune import run_folder
 from fedprune.analysis import gap, group_accuracy, lipschitz_bound, predictions
 from fedprune.local import client_data, run_dataset
 from fedprune.masks import density
 from simulations.reporting import markdown_table, write_json
 from simulations.run_files import load_run
 
-FILE = "analysis.json"
 HEADERS = ["run", "accuracy", "density", "worst class", "class gap", "worst client (own data)", "client gap",
            "client gap (label mix)", "Lipschitz bound"]
 
@@ -70,7 +70,7 @@ def analyze_run(run_dir) -> dict:
                  "(per-class test accuracy weighted by the client's label frequencies), which a model that "
                  "memorised the client's training share cannot inflate",
     }
-    write_json(loaded.folder / FILE, result)
+    write_json(loaded.folder / run_folder.ANALYSIS, result)
     return result
 
 

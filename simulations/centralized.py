@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from fedprune import footprint
+from fedprune import footprint, run_folder
 from fedprune.data import load_dataset, make_loader
 from fedprune.masks import apply_masks, density, prunable_parameters
 from fedprune.models import build_model
@@ -105,9 +105,9 @@ def run(args: argparse.Namespace) -> int:
           "--schedule oneshot --finetune-epochs 3)")
     result = run_centralized(config, progress=print)
     folder = run_dir(args.out, args.name, "centralized")
-    write_json(folder / "summary.json", result)
-    (folder / "report.md").write_text(markdown_report(result))
-    print(f"wrote {folder / 'summary.json'} and {folder / 'report.md'}")
+    write_json(folder / run_folder.SUMMARY, result)
+    (folder / run_folder.REPORT).write_text(markdown_report(result))
+    print(f"wrote {folder / run_folder.SUMMARY} and {folder / run_folder.REPORT}")
     return 0
 
 

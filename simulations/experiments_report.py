@@ -18,6 +18,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from fedprune import run_folder
 from simulations.reporting import markdown_table
 from simulations.sweep_report import flatten
 
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             print("missing (not finished): " + ", ".join(missing) + "\n")
         if rows:
             Path(args.img).mkdir(parents=True, exist_ok=True)
-            print(f"frontier: {plot_frontier(Path(args.img) / f'frontier-{dataset}.png', rows, dataset)}\n")
+            print(f"frontier: {plot_frontier(Path(args.img) / run_folder.frontier_name(dataset), rows, dataset)}\n")
     return 0
 
 
@@ -61,12 +62,12 @@ def sweep_command(sweep: str) -> str:
 def load_rows(root: Path, sweep: str) -> list[dict]:
     """One row per finished run of a sweep: settings (config.*), flattened summary, analysis if any."""
     rows = []
-    for folder in sorted((root / sweep).glob("*/summary.json")):
+    for folder in sorted((root / sweep).glob(f"*/{run_folder.SUMMARY}")):
         folder = folder.parent
-        config = json.loads((folder / "config.json").read_text())
+        config = json.loads((folder / run_folder.CONFIG).read_text())
         row = {"sweep": sweep, "cell": folder.name, "folder": folder, **{f"config.{k}": v for k, v in config.items()}}
-        row.update(flatten(json.loads((folder / "summary.json").read_text())))
-        analysis = folder / "analysis.json"
+        row.update(flatten(json.loads((folder / run_folder.SUMMARY).read_text())))
+        analysis = folder / run_folder.ANALYSIS
         row["analysis"] = json.loads(analysis.read_text()) if analysis.exists() else None
         rows.append(row)
     return rows

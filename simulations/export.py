@@ -13,7 +13,7 @@ import json
 import os
 from pathlib import Path
 
-from fedprune import footprint
+from fedprune import footprint, run_folder
 from fedprune.export import export_model
 from fedprune.validation import ConfigError
 from simulations.reporting import markdown_table
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError:
         raise ConfigError(f"--batch-sizes must be comma-separated integers, e.g. 1,64; got {args.batch_sizes!r}") \
             from None
-    output = Path(args.output) if args.output else Path(args.run_dir) / "model.fpm"
+    output = Path(args.output) if args.output else Path(args.run_dir) / run_folder.MODEL
     if not output.parent.is_dir() or not os.access(output.parent, os.W_OK):  # before the minutes of calibration
         raise ConfigError(f"cannot write {output}: {output.parent} is not a folder you can write; pass -o a path in "
                           "one")

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedprune import run_folder
 from fedprune.config import RunConfig, resolve
 from fedprune.privacy import replay
 from fedprune.rounds import RoundPlan, mechanism_for
@@ -83,12 +84,13 @@ def _runs(paths) -> list[tuple[Path, RunConfig]]:
     """(folder, settings) of every run in ``paths``; a folder without config.json is searched one level down."""
     out = []
     for path in map(Path, paths):
-        folders = [path] if (path / "config.json").exists() else sorted(p.parent for p in path.glob("*/config.json"))
+        found = sorted(p.parent for p in path.glob(f"*/{run_folder.CONFIG}"))
+        folders = [path] if (path / run_folder.CONFIG).exists() else found
         if not folders:
-            raise ConfigError(f"{path} holds no run (no config.json in it or its subfolders)")
+            raise ConfigError(f"{path} holds no run (no {run_folder.CONFIG} in it or its subfolders)")
         for folder in folders:
-            config = resolve(json.loads((folder / "config.json").read_text()))
-            if config.method == "votes" and (folder / replay.VOTES_FILE).exists():
+            config = resolve(json.loads((folder / run_folder.CONFIG).read_text()))
+            if config.method == "votes" and (folder / run_folder.VOTES).exists():
                 out.append((folder, config))
     return out
 
@@ -184,14 +186,14 @@ def _measured(path, event, runs, comparable: bool) -> dict:
 
 def _summary(folder: Path) -> dict:
     try:
-        return json.loads((Path(folder) / "summary.json").read_text())
+        return json.loads((Path(folder) / run_folder.SUMMARY).read_text())
     except (OSError, ValueError) as error:
-        raise ConfigError(f"{folder} has no readable summary.json ({error}): let the run finish") from None
+        raise ConfigError(f"{folder} has no readable {run_folder.SUMMARY} ({error}): let the run finish") from None
 
 
 def _before(folder: Path, round: int) -> list:
     """(accuracy, loss) of every round before ``round``: equal when two runs trained identically up to it."""
-    lines = [json.loads(line) for line in (Path(folder) / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    lines = [json.loads(line) for line in (Path(folder) / run_folder.METRICS).read_text().splitlines() if line.strip()]
     return [(line["accuracy"], line["loss"]) for line in lines if line["round"] < round]
 
 

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from fedprune import run_folder
 from fedprune.config import MODE_DEFAULTS, RunConfig, resolve
 from fedprune.validation import ConfigError
 
@@ -53,9 +54,9 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     if args.resume:
         folder = Path(args.resume)
         try:
-            settings.update(json.loads((folder / "config.json").read_text()))
+            settings.update(json.loads((folder / run_folder.CONFIG).read_text()))
         except (OSError, ValueError) as error:
-            raise ConfigError(f"cannot read {folder / 'config.json'} to resume: {error}") from None
+            raise ConfigError(f"cannot read {folder / run_folder.CONFIG} to resume: {error}") from None
         settings.update({"run-name": folder.name, "output-dir": str(folder.parent), "resume": True})
     for option, key in SHORTCUTS.items():
         if getattr(args, option) is not None:
@@ -77,7 +78,6 @@ def simulate(settings: RunConfig | Mapping[str, object], progress=print, num_cpu
     ``num_cpus``: CPUs Ray may use (default all), so clients train one per CPU.
     """
     from fedprune.local import check_partition
-    from server import run_folder
 
     config = run_folder.with_name(resolve(settings))
     check_partition(config)
@@ -116,7 +116,6 @@ def _simulate(config: RunConfig, progress, num_cpus: int | None) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     """Check the settings and the run folder here (exit 2 before any work), then run the job supervised."""
-    from server import run_folder
     from simulations.supervise import supervise
 
     progress = (lambda line: None) if args.quiet else print

@@ -1,7 +1,7 @@
 """Load a finished run folder of `fedprune run` back into Python: settings, summary, model, masks.
 
 `fedprune export` and `fedprune analyze` both start from a run folder; this is the one place
-that knows its files (config.json, summary.json, checkpoint.npz) and turns them into the run's
+that reads its files (named in ``fedprune.run_folder``) and turns them into the run's
 RunConfig, its summary, the global model with the last checkpoint's weights and the global masks.
 """
 
@@ -14,12 +14,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fedprune import modes
+from fedprune import modes, run_folder
 from fedprune.config import RunConfig, resolve
 from fedprune.local import new_model
 from fedprune.masks import prunable_parameters
 from fedprune.validation import ConfigError
-from server import checkpoint
 
 
 @dataclass
@@ -39,9 +38,9 @@ def load_run(run_dir) -> LoadedRun:
     folder = Path(run_dir)
     if not folder.is_dir():
         raise ConfigError(f"{folder} is not a folder; pass a run folder of `fedprune run` (runs/NAME)")
-    config = resolve(read_json(folder / "config.json"))
-    summary = read_json(folder / "summary.json")
-    round, weights, state = checkpoint.load(folder)
+    config = resolve(read_json(folder / run_folder.CONFIG))
+    summary = read_json(folder / run_folder.SUMMARY)
+    round, weights, state = run_folder.load_checkpoint(folder)
     model = new_model(config)
     shapes = {name: tuple(value.shape) for name, value in model.state_dict().items()}
     coordinator = modes.get(config).coordinator(config, shapes, list(prunable_parameters(model)))
@@ -50,7 +49,7 @@ def load_run(run_dir) -> LoadedRun:
         dense = coordinator.expand(weights)
         model.load_state_dict({name: torch.from_numpy(value) for name, value in dense.items()})
     except (KeyError, ValueError, RuntimeError) as error:
-        raise ConfigError(f"{folder / checkpoint.FILE} does not fit the run's model ({error}); "
+        raise ConfigError(f"{folder / run_folder.CHECKPOINT} does not fit the run's model ({error}); "
                           "the folder mixes files of different runs") from None
     return LoadedRun(folder, config, summary, model.eval(), dict(coordinator.masks), round)
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
+from fedprune import run_folder
 from fedprune.config import RunConfig, resolve
 from fedprune.validation import ConfigError
 
@@ -51,7 +52,7 @@ class Cell:
 
     @property
     def done(self) -> bool:
-        return (self.folder / "summary.json").exists()
+        return (self.folder / run_folder.SUMMARY).exists()
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
@@ -81,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
               f"{cpus} CPU(s) each, in {out}")
         return 0
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.toml").write_text(Path(args.config).read_text())
+    (out / run_folder.SWEEP_CONFIG).write_text(Path(args.config).read_text())
     failed = {} if args.report_only else run_cells(cells, jobs=jobs, cpus=cpus)
     from simulations import sweep_report
 
@@ -166,7 +167,7 @@ def _text(value) -> str:
 
 def _check_previous(cell: Cell) -> None:
     """A cell folder left by an earlier sweep must hold a run of the same settings."""
-    saved = cell.folder / "config.json"
+    saved = cell.folder / run_folder.CONFIG
     if not saved.exists():
         return
     try:
@@ -211,7 +212,7 @@ def run_cells(cells: list[Cell], *, jobs: int, cpus: int, progress=print) -> dic
                     except Exception as error:  # one failed cell does not stop the others
                         failed[cell.name] = f"{type(error).__name__}: {error}"
                         progress(f"[{done}/{total}] {cell.name}  FAILED: {failed[cell.name]} (see "
-                                 f"{cell.folder / 'cell.log'})  elapsed {clock}")
+                                 f"{cell.folder / run_folder.CELL_LOG})  elapsed {clock}")
                         continue
                     progress(f"[{done}/{total}] {cell.name}  accuracy {summary['final_accuracy']:.4f}  "
                              f"{describe_epsilon(summary)}  run {summary['wall_seconds']:.0f} s  elapsed {clock}")
@@ -227,10 +228,10 @@ def run_cell(settings: dict, cpus: int) -> dict:
     config = resolve(settings)
     folder = Path(config.output_dir) / config.run_name
     folder.mkdir(parents=True, exist_ok=True)
-    log = open(folder / "cell.log", "a", buffering=1)
+    log = open(folder / run_folder.CELL_LOG, "a", buffering=1)
     sys.stdout.flush(), sys.stderr.flush()
     os.dup2(log.fileno(), 1), os.dup2(log.fileno(), 2)  # Ray's and Flower's processes inherit these
-    if (folder / "checkpoint.npz").exists():
+    if (folder / run_folder.CHECKPOINT).exists():
         config = config.replace(resume=True)  # a killed cell continues from its last round
     from simulations.run import simulate
 

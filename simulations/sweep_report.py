@@ -20,6 +20,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from fedprune.run_folder import FRONTIER, REPORT, RESULTS, SUMMARY
 from simulations.reporting import markdown_table
 
 PER_LINE_EXCLUDED = ("epsilon-per-decision", "seed", "privacy-seed", "target-sparsity", "run-name", "output-dir",
@@ -29,17 +30,17 @@ PER_LINE_EXCLUDED = ("epsilon-per-decision", "seed", "privacy-seed", "target-spa
 def write(out: Path, cells, command: str, failed: dict[str, str] | None = None) -> dict:
     """results.csv, frontier.png and report.md in ``out`` from the cells that finished."""
     rows = collect(cells)
-    write_csv(out / "results.csv", rows)
-    frontier = plot_frontier(out / "frontier.png", rows) if rows else None
-    (out / "report.md").write_text(markdown(rows, command, frontier, failed or {}, len(cells)))
-    return {"results": out / "results.csv", "frontier": frontier, "report": out / "report.md"}
+    write_csv(out / RESULTS, rows)
+    frontier = plot_frontier(out / FRONTIER, rows) if rows else None
+    (out / REPORT).write_text(markdown(rows, command, frontier, failed or {}, len(cells)))
+    return {"results": out / RESULTS, "frontier": frontier, "report": out / REPORT}
 
 
 def collect(cells) -> list[dict]:
     """One row per finished cell: name, settings, flattened summary."""
     rows = []
     for cell in cells:
-        path = cell.folder / "summary.json"
+        path = cell.folder / SUMMARY
         if path.exists():
             row = {"cell": cell.name, **{f"config.{k}": v for k, v in cell.config.to_mapping().items()}}
             row.update(flatten(json.loads(path.read_text())))

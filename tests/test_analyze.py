@@ -9,6 +9,7 @@ from run_folders import write_run_folder
 
 from fedprune.analysis import lipschitz_bound
 from fedprune.masks import density
+from fedprune.run_folder import ANALYSIS
 from fedprune.validation import ConfigError
 
 
@@ -27,7 +28,7 @@ def test_analyze_writes_gaps_lipschitz_and_density_of_the_final_model(run_folder
     folder, config, model, masks = run_folder
     assert main(["analyze", str(folder)]) == 0
     assert str(folder) in capsys.readouterr().out
-    result = json.loads((folder / "analysis.json").read_text())
+    result = json.loads((folder / ANALYSIS).read_text())
     data = run_dataset("digits", config.seed)
     predicted = predictions(model, data.x_test)
     expected = [float(np.mean(predicted[data.y_test == c] == c)) for c in range(10)]
@@ -58,7 +59,7 @@ def test_a_folder_that_is_not_a_finished_run_is_refused(tmp_path):
         analyze_run(tmp_path / "absent")
     with pytest.raises(ConfigError, match="no config.json"):
         analyze_run(tmp_path)
-    assert not (tmp_path / "analysis.json").exists()
+    assert not (tmp_path / ANALYSIS).exists()
 
 
 def test_model_weights_come_from_the_checkpoint(run_folder):

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from fedprune import run_folder
 from simulations.cli import main
 
 
@@ -11,7 +12,7 @@ def test_centralized_writes_a_report_with_every_figure(tmp_path, capsys):
     code = main(["centralized", "--dataset", "digits", "--model", "mlp", "--epochs", "3", "--sparsities", "0.5,0.9",
                  "--prune-steps", "2", "--finetune-epochs", "1", "--out", str(tmp_path), "--name", "c"])
     assert code == 0
-    summary = json.loads((tmp_path / "c" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "c" / run_folder.SUMMARY).read_text())
     dense, pruned = summary["dense"], summary["pruned"]
     assert dense["accuracy"] > 0.85  # digits is easy: a real trained model, not chance
     assert [p["target_sparsity"] for p in pruned] == [0.5, 0.9]
@@ -21,7 +22,7 @@ def test_centralized_writes_a_report_with_every_figure(tmp_path, capsys):
         assert result["compressed_bytes"] < dense["dense_bytes"]
         assert set(result["latency"]) == {"batch_1_ms", "batch_64_ms"}
     assert pruned[1]["compressed_bytes"] < pruned[0]["compressed_bytes"]
-    report = (tmp_path / "c" / "report.md").read_text()
+    report = (tmp_path / "c" / run_folder.REPORT).read_text()
     assert "| 90% sparse |" in report and "Schedule geometric (2 steps)" in report
     out = capsys.readouterr().out
     assert "dense: accuracy" in out
@@ -31,7 +32,7 @@ def test_centralized_writes_a_report_with_every_figure(tmp_path, capsys):
 def test_a_oneshot_report_says_one_step(tmp_path):
     assert main(["centralized", "--dataset", "digits", "--model", "mlp", "--epochs", "1", "--sparsities", "0.5",
                  "--schedule", "oneshot", "--finetune-epochs", "1", "--out", str(tmp_path), "--name", "o"]) == 0
-    assert "Schedule oneshot (one step)" in (tmp_path / "o" / "report.md").read_text()
+    assert "Schedule oneshot (one step)" in (tmp_path / "o" / run_folder.REPORT).read_text()
 
 
 @pytest.mark.parametrize("args, message", [
@@ -47,4 +48,4 @@ def test_bad_settings_fail_before_training(tmp_path, capsys, args, message):
     assert main(base + args) == 2
     error = capsys.readouterr()
     assert "error:" in error.err and __import__("re").search(message, error.err)
-    assert "dense epoch" not in error.out and not (tmp_path / "bad" / "summary.json").exists()
+    assert "dense epoch" not in error.out and not (tmp_path / "bad" / run_folder.SUMMARY).exists()

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from deploy_helpers import EXECUTABLES, REPO, Deployment, descendants, free_port, make_node_key
+
+from fedprune import run_folder
 from fedprune.privacy.closed_form import rr_composition_epsilon
 
 pytestmark = pytest.mark.slow
@@ -56,10 +57,10 @@ def run_short(deployment: Deployment, run_config: str) -> dict:
 
 def check_results(folder) -> dict:
     """The run folder holds every result and a pruned, trained model with privacy figures."""
-    assert {"config.json", "metrics.jsonl", "summary.json", "report.md", "checkpoint.npz"} <= \
+    assert {run_folder.CONFIG, run_folder.METRICS, run_folder.SUMMARY, run_folder.REPORT, run_folder.CHECKPOINT} <= \
            {path.name for path in folder.iterdir()}
-    summary = json.loads((folder / "summary.json").read_text())
-    lines = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    summary = json.loads((folder / run_folder.SUMMARY).read_text())
+    lines = [json.loads(line) for line in (folder / run_folder.METRICS).read_text().splitlines()]
     assert [line["round"] for line in lines] == [0, 1, 2]
     assert lines[0]["density"] == 1.0 and lines[1]["density"] == pytest.approx(0.3, abs=1e-3)
     assert summary["rounds"] == 2 and summary["clients"] == 2 and summary["stopped"] is None
@@ -135,7 +136,7 @@ def test_flwr_run_dot_on_the_local_simulation_runs_with_the_nodes_it_has(tmp_pat
     finally:
         _kill_local_superlink(home)
     assert done.returncode == 0, done.stdout + done.stderr
-    summary = json.loads((out / "local" / "summary.json").read_text())
+    summary = json.loads((out / "local" / run_folder.SUMMARY).read_text())
     assert summary["rounds"] == 2 and summary["clients"] == 2 and summary["density"] == pytest.approx(0.5, abs=1e-3)
     assert "the federation has 2 SuperNodes, fewer than num-clients = 10: running with num-clients = 2" in done.stdout
     assert [p.name for p in out.iterdir()] == ["local"]  # no stray run folder

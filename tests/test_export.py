@@ -1,5 +1,6 @@
 """The .fpm file: size against dense, encodings, refusal of damaged files, export of a run folder and of a model."""
 
+import json
 import struct
 
 import pytest
@@ -10,9 +11,10 @@ from torch import nn
 from fedprune import fpm
 from fedprune.export import export_model
 from fedprune.footprint import dense_bytes
-from fedprune.masks import apply_masks, prunable_parameters
+from fedprune.masks import apply_masks, density, prunable_parameters
 from fedprune.models import build_model
 from fedprune.pruning import compute_masks
+from fedprune.run_folder import ANALYSIS
 from fedprune.runtime import load
 from fedprune.validation import ConfigError
 
@@ -164,6 +166,23 @@ def test_export_of_a_run_carries_accuracy_density_and_privacy_report(run_folder,
     x = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(runtime(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_a_mask_only_run_folder_exports_and_analyzes(tmp_path, capsys):
+    # Its checkpoint holds keep-probabilities: both tools must rebuild the mask-only coordinator, not the default one.
+    from simulations.cli import main
+
+    folder = tmp_path / "mo"
+    _, model, masks, _ = write_run_folder(folder, clients=2, sparsity=0.5, accuracy=0.3, mode="mask-only")
+    assert main(["export", str(folder), "-o", str(tmp_path / "mo.fpm"), "--no-calibrate"]) == 0
+    runtime = load(tmp_path / "mo.fpm")
+    x = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(runtime(x), model(x), rtol=1e-4, atol=1e-5)  # frozen weights under the mask
+    assert main(["analyze", str(folder)]) == 0
+    analysis = json.loads((folder / ANALYSIS).read_text())
+    assert analysis["density"] == pytest.approx(density(masks)) and density(masks) == pytest.approx(0.5, abs=1e-3)
+    capsys.readouterr()
 
 
 def test_export_refuses_a_folder_that_is_not_a_finished_run(tmp_path, run_folder):

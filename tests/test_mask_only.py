@@ -17,9 +17,10 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.common.serde import recorddict_to_proto
+from strategy_helpers import NODES, ListGrid
 
 import clients.app
-from fedprune import protocol
+from fedprune import protocol, run_folder
 from fedprune.config import RunConfig, resolve
 from fedprune.coordinator import BudgetExhausted
 from fedprune.local import client_data, new_model
@@ -29,9 +30,7 @@ from fedprune.privacy.closed_form import rr_composition_epsilon
 from fedprune.privacy.rng import privacy_rng
 from fedprune.supermask import frozen_state
 from fedprune.validation import ConfigError
-from server import checkpoint
 from server.strategy import FedPrune, to_record
-from strategy_helpers import NODES, ListGrid
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 
@@ -236,8 +235,8 @@ def test_resuming_from_a_checkpoint_gives_the_uninterrupted_result(tmp_path):
     final = _rounds(config, whole, whole.compact({}), [1, 2])
 
     first = coordinator_for(config)
-    checkpoint.save(tmp_path, 1, _rounds(config, first, first.compact({}), [1]), first.state_dict())
-    round, arrays, state = checkpoint.load(tmp_path)
+    run_folder.save_checkpoint(tmp_path, 1, _rounds(config, first, first.compact({}), [1]), first.state_dict())
+    round, arrays, state = run_folder.load_checkpoint(tmp_path)
     resumed = coordinator_for(config)
     resumed.load_state_dict(json.loads(json.dumps(state)))
     again = _rounds(config, resumed, arrays, [round + 1])
@@ -258,7 +257,7 @@ def test_fedprune_run_mask_only_two_rounds_then_resume(tmp_path, capfd):
             "--set", "local-epochs=1"]  # a quarter of the default training: the test is about the plumbing
     assert main(base + ["--rounds", "2"]) == 0
     folder = tmp_path / "mo"
-    summary = json.loads((folder / "summary.json").read_text())
+    summary = json.loads((folder / run_folder.SUMMARY).read_text())
     d = summary["mechanism"]["hamming_bound"]
     assert summary["mode"] == "mask-only" and summary["rounds"] == 2 and d == summary["mechanism"]["length"]
     assert summary["density"] == pytest.approx(0.5, abs=1e-4)
@@ -266,7 +265,7 @@ def test_fedprune_run_mask_only_two_rounds_then_resume(tmp_path, capfd):
     assert_matches(summary["epsilon"]["client"], rr_composition_epsilon(2.0, 2 * d, DELTA))
     assert summary["upload_bytes_per_client_round"] == math.ceil(d / 8)
     assert summary["dense_upload_bytes_per_client_round"] > 32 * math.ceil(d / 8)
-    report = (folder / "report.md").read_text()
+    report = (folder / run_folder.REPORT).read_text()
     assert "Mode **mask-only**" in report and "None" not in report
     out = capfd.readouterr().out  # the supervised child's final lines: figures for people, no Python None
     eps = summary["epsilon"]["client"]
@@ -274,13 +273,13 @@ def test_fedprune_run_mask_only_two_rounds_then_resume(tmp_path, capfd):
            "everyone, the server included" in out and "None" not in out
 
     assert main(["run", "--resume", str(folder), "--rounds", "3", "--quiet"]) == 0
-    summary = json.loads((folder / "summary.json").read_text())
-    rounds = [json.loads(line)["round"] for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    summary = json.loads((folder / run_folder.SUMMARY).read_text())
+    rounds = [json.loads(line)["round"] for line in (folder / run_folder.METRICS).read_text().splitlines()]
     assert rounds == [0, 1, 2, 3] and summary["rounds"] == 3
     assert_matches(summary["epsilon"]["client"], rr_composition_epsilon(2.0, 3 * d, DELTA))
 
     # the run folder exports and analyzes like any other (the frozen weights under the final mask)
     assert main(["export", str(folder), "-o", str(tmp_path / "mo.fpm"), "--no-calibrate"]) == 0
     assert main(["analyze", str(folder)]) == 0
-    analysis = json.loads((folder / "analysis.json").read_text())
+    analysis = json.loads((folder / run_folder.ANALYSIS).read_text())
     assert analysis["density"] == pytest.approx(0.5, abs=1e-4)

@@ -2,14 +2,16 @@
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 from torch.nn.utils import prune
 
+from fedprune.aggregation import select_layer_masks, select_mask
 from fedprune.masks import (apply_masks, block_masks, block_scores, check_masks, density, full_masks, global_masks,
-                            global_topk, intersect, layer_densities, layerwise_masks, monotone_scores, nm_masks,
-                            parameter_shapes, prunable_parameters, topk, unit_masks)
+                            global_topk, intersect, keep_highest, layer_densities, layerwise_masks, monotone_scores,
+                            nm_masks, parameter_shapes, prunable_parameters, topk, unit_masks)
 from fedprune.pruning import compute_masks
 from fedprune.scorers import magnitude
 from fedprune.validation import ConfigError
@@ -241,3 +243,43 @@ def test_intersect_monotone_scores_and_check_masks():
         check_masks({"v": a["w"]}, {"w": torch.ones(4)})
     with pytest.raises(ConfigError, match="shape"):
         intersect(a, {"w": torch.ones(5, dtype=torch.bool)})
+
+
+def _old_topk(flat: torch.Tensor, k: int) -> torch.Tensor:
+    """fedprune.masks.topk's selection before keep_highest: one stable descending sort."""
+    keep = torch.zeros(flat.shape, dtype=torch.bool)
+    keep[torch.sort(flat, descending=True, stable=True).indices[:k]] = True
+    return keep
+
+
+def _old_select_mask(frequencies, kept, tie_break=None, eligible=None):
+    """fedprune.aggregation.select_mask's selection before keep_highest: a lexsort on (frequency, |tie-break|)."""
+    tie = np.zeros(frequencies.size) if tie_break is None else np.abs(tie_break)
+    if eligible is not None:
+        kept = min(kept, int(eligible.sum()))
+        frequencies = np.where(eligible, frequencies, -np.inf)
+    mask = np.zeros(frequencies.size, dtype=bool)
+    mask[np.lexsort((-tie, -frequencies))[:kept]] = True
+    return mask
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_keep_highest_reproduces_both_former_top_ks_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    size = int(rng.integers(1, 300))
+    k = int(rng.integers(0, size + 1))
+    scores = torch.from_numpy(rng.integers(0, 5, size).astype(np.float32))  # few values: many ties
+    assert torch.equal(keep_highest(scores, k), _old_topk(scores, k))
+    assert torch.equal(topk({"w": scores.reshape(1, -1)}, {"w": k})["w"].reshape(-1), _old_topk(scores, k))
+    frequencies = rng.integers(0, 4, size) / 3
+    tie = rng.integers(-3, 4, size).astype(np.float64)  # ties in the tie-break too, and signs
+    tie[rng.random(size) < 0.05] = np.nan
+    eligible = rng.random(size) < 0.7
+    for tie_break, allowed in ((None, None), (tie, None), (tie, eligible), (None, eligible)):
+        assert np.array_equal(select_mask(frequencies, k, tie_break=tie_break, eligible=allowed),
+                              _old_select_mask(frequencies, k, tie_break, allowed))
+    sizes = {"a": size // 2, "b": size - size // 2}
+    counts = {name: int(rng.integers(0, n + 1)) for name, n in sizes.items()}
+    expected = np.concatenate([_old_select_mask(frequencies[:sizes["a"]], counts["a"], tie[:sizes["a"]]),
+                               _old_select_mask(frequencies[sizes["a"]:], counts["b"], tie[sizes["a"]:])])
+    assert np.array_equal(select_layer_masks(frequencies, counts, sizes, tie_break=tie), expected)

@@ -6,11 +6,13 @@ import json
 import numpy as np
 import pytest
 
+from fedprune import run_folder
 from fedprune.aggregation import select_mask
 from fedprune.bits import pack
 from fedprune.config import RunConfig
 from fedprune.privacy import replay
 from fedprune.privacy.mechanisms import ReportSpec, make_mechanism
+from fedprune.privacy.recovery import predicted_recovery_counts
 from fedprune.rounds import RoundPlan
 from fedprune.validation import ConfigError
 from simulations import budget
@@ -98,10 +100,10 @@ def plan_for(d, k, round=6):
 def write_run(folder, config: RunConfig, profile, mask, *, exact: bool, accuracy: float, round=6):
     """A run folder as server.driver leaves it, with one pruning event recorded through record_event."""
     folder.mkdir(parents=True)
-    (folder / "config.json").write_text(json.dumps(config.to_mapping()))
-    (folder / "summary.json").write_text(json.dumps({"final_accuracy": accuracy}))
+    (folder / run_folder.CONFIG).write_text(json.dumps(config.to_mapping()))
+    (folder / run_folder.SUMMARY).write_text(json.dumps({"final_accuracy": accuracy}))
     lines = [{"round": r, "accuracy": 0.1 * r, "loss": 1.0 / (r + 1)} for r in range(round + 1)]
-    (folder / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    (folder / run_folder.METRICS).write_text("".join(json.dumps(line) + "\n" for line in lines))
     votes = dict(plan=plan_for(profile.length, profile.kept, round), clients=profile.clients,
                  frequencies=profile.frequencies, tie_break=profile.tie_break, eligible=np.ones(profile.length, bool))
     replay.record_event(folder, votes, mask, exact=exact)
@@ -193,3 +195,11 @@ def test_a_real_exact_run_records_votes_that_select_its_mask(tmp_path):
                         spec=ReportSpec.for_exactly_k(profile.kept, profile.length), epsilon=2.0)
     draws = replay.replay(profile, rr, 10, np.random.default_rng(0))
     assert abs(replay.predict(profile, rr)["iou"] - draws.mean()) < 0.015
+
+
+def test_the_count_law_breaks_ties_at_the_cut_at_random_or_as_the_server_does():
+    # Noiseless reports (a = 1, b = 0): three coordinates tie at count 1 for two places.
+    f = np.array([1.0, 1.0, 1.0, 0.0])
+    assert predicted_recovery_counts(f, 1, 1.0, 0.0, 2) == pytest.approx(2 / 3)  # random: each kept w.p. 2/3
+    for tie in ([3.0, 2.0, 1.0, 0.0], [0.0, 1.0, 2.0, 0.0]):  # the server's order: its own truth, always
+        assert predicted_recovery_counts(f, 1, 1.0, 0.0, 2, tie_break=np.array(tie)) == pytest.approx(1.0)

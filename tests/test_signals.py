@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from server import checkpoint
+from fedprune import run_folder
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -51,7 +51,7 @@ def test_one_signal_stops_the_run_cleanly_and_it_resumes(tmp_path, how):
     folder = tmp_path / how
     assert code == 130, err  # within the 30 s wait above: a hang fails there
     assert f"Continue it with `fedprune run --resume {folder}`" in err and "Traceback" not in err
-    assert checkpoint.last_round(folder) >= 1 and not (folder / "summary.json").exists()
+    assert run_folder.last_round(folder) >= 1 and not (folder / run_folder.SUMMARY).exists()
     # nothing of the run is left running
     time.sleep(1)
     assert subprocess.run(["pgrep", "-s", str(process.pid)], capture_output=True).returncode == 1
@@ -59,4 +59,4 @@ def test_one_signal_stops_the_run_cleanly_and_it_resumes(tmp_path, how):
     resumed = subprocess.run([sys.executable, "-m", "simulations.cli", "run", "--resume", str(folder)], cwd=tmp_path,
                              env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
-    assert checkpoint.last_round(folder) == 6 and (folder / "summary.json").exists()
+    assert run_folder.last_round(folder) == 6 and (folder / run_folder.SUMMARY).exists()

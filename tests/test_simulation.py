@@ -6,9 +6,9 @@ import math
 import numpy as np
 import pytest
 
+from fedprune import run_folder
 from fedprune.config import RunConfig
 from fedprune.privacy.closed_form import analytic_gaussian_epsilon, rr_composition_epsilon
-from server import checkpoint
 from simulations.run import simulate
 
 pytestmark = pytest.mark.slow
@@ -26,9 +26,9 @@ def test_three_clients_two_rounds_write_every_result(tmp_path):
     lines = []
     summary = simulate(tiny(tmp_path, "run"), progress=lines.append)
     folder = tmp_path / "run"
-    assert {"config.json", "metrics.jsonl", "summary.json", "report.md", "accuracy.png", "density.png",
-            "epsilon.png", checkpoint.FILE} <= {p.name for p in folder.iterdir()}
-    assert [json.loads(line)["round"] for line in (folder / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2]
+    assert {run_folder.CONFIG, run_folder.METRICS, run_folder.SUMMARY, run_folder.REPORT, run_folder.ACCURACY_PLOT, run_folder.DENSITY_PLOT,
+            run_folder.EPSILON_PLOT, run_folder.CHECKPOINT} <= {p.name for p in folder.iterdir()}
+    assert [json.loads(line)["round"] for line in (folder / run_folder.METRICS).read_text().splitlines()] == [0, 1, 2]
     assert any(line.startswith("round   2/2  accuracy") for line in lines)
 
     assert summary["rounds"] == 2 and summary["clients"] == 3 and summary["density"] == pytest.approx(0.5, abs=1e-3)
@@ -42,7 +42,7 @@ def test_three_clients_two_rounds_write_every_result(tmp_path):
     assert exact - 1e-9 <= summary["mask_channel_epsilon"]["client"] <= exact * (1 + 1e-5) + 2e-4
     assert summary["upload_bytes_per_client_round"] < summary["dense_upload_bytes_per_client_round"]
     assert summary["privacy_randomness"] == {"source": "seeded", "seed": 5}
-    report = (folder / "report.md").read_text()
+    report = (folder / run_folder.REPORT).read_text()
     assert "| client | none | none | no one | none | weight updates sent in the clear |" in report
     assert summary["privacy"]["channels"]["metrics"]["sent"] == ["client-id", "num-examples", "train-loss",
                                                                  "train-seconds"]
@@ -84,8 +84,8 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
 
     with pytest.raises(Killed):
         simulate(tiny(tmp_path, "killed", **config), progress=kill_after_round_2)
-    assert checkpoint.load(tmp_path / "killed")[0] == 2
-    metrics = tmp_path / "killed" / "metrics.jsonl"
+    assert run_folder.load_checkpoint(tmp_path / "killed")[0] == 2
+    metrics = tmp_path / "killed" / run_folder.METRICS
     with open(metrics, "a") as file:
         file.write('{"round": 3, "accur')  # a crash in the middle of writing round 3's line
     resumed = simulate(tiny(tmp_path, "killed", resume=True, **config), progress=lambda line: None)
@@ -94,13 +94,13 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
 
     assert resumed["final_accuracy"] == whole["final_accuracy"]
     assert resumed["mask_channel_epsilon"] == whole["mask_channel_epsilon"]
-    round_w, weights_w, state_w = checkpoint.load(tmp_path / "whole")
-    round_r, weights_r, state_r = checkpoint.load(tmp_path / "killed")
+    round_w, weights_w, state_w = run_folder.load_checkpoint(tmp_path / "whole")
+    round_r, weights_r, state_r = run_folder.load_checkpoint(tmp_path / "killed")
     assert round_w == round_r == 4
     assert all(np.array_equal(weights_w[name], weights_r[name]) for name in weights_w)
     assert state_r["mask_accountant"] == state_w["mask_accountant"]  # neither lost nor counted twice
     assert state_r["accountant"] == state_w["accountant"]
-    rounds = [json.loads(line)["round"] for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    rounds = [json.loads(line)["round"] for line in (tmp_path / "killed" / run_folder.METRICS).read_text().splitlines()]
     assert rounds == [0, 1, 2, 3, 4]
 
     # resuming a finished run changes nothing and says so

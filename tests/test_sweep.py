@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from fedprune import run_folder
 from fedprune.validation import ConfigError
 from simulations import budget, sweep, sweep_report
 
@@ -86,8 +87,8 @@ def summary(accuracy, mask_eps, method="votes"):
 
 def finish(cell, result):
     cell.folder.mkdir(parents=True)
-    (cell.folder / "config.json").write_text(json.dumps(cell.config.to_mapping()))
-    (cell.folder / "summary.json").write_text(json.dumps(result))
+    (cell.folder / run_folder.CONFIG).write_text(json.dumps(cell.config.to_mapping()))
+    (cell.folder / run_folder.SUMMARY).write_text(json.dumps(result))
 
 
 def test_finished_cells_are_skipped_and_their_results_written(tmp_path):
@@ -100,13 +101,13 @@ def test_finished_cells_are_skipped_and_their_results_written(tmp_path):
     assert sweep.run_cells(cells, jobs=2, cpus=1, progress=lines.append) == {}
     assert lines == ["sweep: 4 cells, 4 finished before, 0 to run, 1 at once with 1 CPU(s) each"]
     assert sweep.run(args_for(config, out)) == 0  # nothing left to run: writes the results
-    with open(out / "results.csv") as file:
+    with open(out / run_folder.RESULTS) as file:
         rows = list(csv.DictReader(file))
     assert [r["cell"] for r in rows] == [c.name for c in cells]
     assert rows[2]["config.epsilon-per-decision"] == "2.0" and rows[2]["mask_channel_epsilon.client"] == "130000.0"
     assert rows[0]["epsilon.client"] == "" and rows[0]["final_accuracy"] == "0.9"
-    assert (out / "frontier.png").stat().st_size > 0
-    report = (out / "report.md").read_text()
+    assert (out / run_folder.FRONTIER).stat().st_size > 0
+    report = (out / run_folder.REPORT).read_text()
     assert "![frontier](frontier.png)" in report and "Command: `fedprune sweep" in report
     assert "| 0.9 | randomized-response | 2 | 1.3e+05 (mask channel) | 0.8200 ± 0.0283 | 2 |" in report
     assert "| 0.9 | randomized-response | inf | none (no privacy) | 0.9100 ± 0.0141 | 2 |" in report
@@ -145,17 +146,17 @@ def test_a_two_cell_sweep_runs_resumes_and_feeds_the_prediction(tmp_path, capsys
     out = tmp_path / "sweep"
     assert sweep.run(args_for(TINY, out, "--jobs", "2")) == 0
     names = ["epsilon-per-decision-inf", "epsilon-per-decision-2"]
-    with open(out / "results.csv") as file:
+    with open(out / run_folder.RESULTS) as file:
         rows = list(csv.DictReader(file))
     assert [r["cell"] for r in rows] == names and all(float(r["final_accuracy"]) > 0 for r in rows)
     assert rows[1]["mechanism.hamming_bound"] and rows[0]["mechanism.name"] == "exact-votes"
-    assert (out / "frontier.png").exists() and (out / "report.md").exists()
-    stamps = [(out / name / "summary.json").stat().st_mtime_ns for name in names]
+    assert (out / run_folder.FRONTIER).exists() and (out / run_folder.REPORT).exists()
+    stamps = [(out / name / run_folder.SUMMARY).stat().st_mtime_ns for name in names]
 
     capsys.readouterr()
     assert sweep.run(args_for(TINY, out)) == 0  # everything finished: nothing runs again
     assert "2 finished before, 0 to run" in capsys.readouterr().out
-    assert [(out / name / "summary.json").stat().st_mtime_ns for name in names] == stamps
+    assert [(out / name / run_folder.SUMMARY).stat().st_mtime_ns for name in names] == stamps
 
     # the exact and the private cell share the seed: the prediction meets the measured first-event IoU
     parser = argparse.ArgumentParser()

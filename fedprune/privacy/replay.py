@@ -14,10 +14,10 @@ Binomial(m, a) + Binomial(n - m, b) and the estimate grows with it, so :func:`pr
 mean-field cut in (count, tie-break) order where k coordinates are expected above, and sums the
 probability of each true top-k coordinate to lie above it; the central mechanism adds Gaussian
 noise to exact counts (a normal law, no ties). Each is the exact law of every coordinate, joined
-by the mean-field cut; :func:`replay` checks it by Monte Carlo through the real mechanism
-(encode, aggregate, estimate, select), on client masks rebuilt from the counts (exact for
-per-coordinate mechanisms, whose tally depends on the counts alone; for subset and sampling the
-joint law within one report differs, not the marginals).
+by the mean-field cut (both are ``fedprune.privacy.recovery``'s); :func:`replay` checks it by Monte
+Carlo through the real mechanism (encode, aggregate, estimate, select), on client masks rebuilt
+from the counts (exact for per-coordinate mechanisms, whose tally depends on the counts alone; for
+subset and sampling the joint law within one report differs, not the marginals).
 
 Other sizes. :func:`rescale` moves a recorded profile to other clients (keep-frequencies f kept,
 counts f n'), another mask size (the sorted profile stretched to d' coordinates) or kept fraction
@@ -40,15 +40,15 @@ from pathlib import Path
 
 import numpy as np
 from scipy.optimize import brentq
-from scipy.stats import binom, norm
+from scipy.stats import norm
 
 from fedprune.aggregation import select_mask
 from fedprune.bits import pack, unpack
+from fedprune.privacy.recovery import channel, predicted_recovery, predicted_recovery_counts
+from fedprune.run_folder import VOTES
 from fedprune.validation import ConfigError
 
-VOTES_FILE = "votes.npz"
 FORMAT = 1
-COUNT_LAW_WORK = 5e7  # table entries the count law may build (laws x counts) before giving way to Monte Carlo
 
 
 # --- the record ----------------------------------------------------------------------------------
@@ -82,7 +82,7 @@ def record_event(folder: Path, votes: dict, mask_after: np.ndarray, *, exact: bo
     ``votes``: ``Coordinator.last_votes`` (plan, clients, frequencies over the report's
     coordinates, tie_break and eligible over every prunable weight, before the event).
     """
-    path = Path(folder) / VOTES_FILE
+    path = Path(folder) / VOTES
     frequencies, eligible = np.asarray(votes["frequencies"]), np.asarray(votes["eligible"], dtype=bool)
     positions = np.ones_like(eligible) if frequencies.size == eligible.size else eligible  # regrowth: all
     weight_votes = frequencies.size == int(positions.sum())  # channel votes (structure units) are not replayed
@@ -112,7 +112,7 @@ def record_event(folder: Path, votes: dict, mask_after: np.ndarray, *, exact: bo
 
 def read_events(folder: Path) -> list[VoteEvent]:
     """The pruning events recorded in ``folder``/votes.npz, by round."""
-    path = Path(folder) / VOTES_FILE
+    path = Path(folder) / VOTES
     try:
         with np.load(path) as stored:
             data = {name: stored[name] for name in stored.files}
@@ -227,62 +227,23 @@ def integer_counts(frequencies: np.ndarray, clients: int, rng: np.random.Generat
 
 # --- prediction ------------------------------------------------------------------------------------
 
-def channel(mechanism) -> tuple[float, float] | None:
-    """(P(report 1 | kept), P(report 1 | pruned)) when the estimate is a rising function of one count."""
-    if mechanism.name == "sampling":
-        if mechanism.sample_size != mechanism.length:
-            return None
-        return 1 - mechanism.flip_probability, mechanism.flip_probability
-    if hasattr(mechanism, "keep_report"):
-        return mechanism.keep_report, mechanism.prune_report
-    return None
-
-
 def predict(profile: Profile, mechanism) -> dict | None:
     """Predicted recovery of the non-private mask: ``recovered`` (share of its k kept), ``iou``, ``model``.
 
     None where no closed law applies (partial coordinate sampling): use :func:`replay`.
     """
-    truth = profile.truth
     if mechanism.name == "central":
         sigma = mechanism.noise_std / profile.clients
-        f = profile.frequencies
-        width = 50 * sigma + 1
-        cut = brentq(lambda t: norm.sf((t - f) / sigma).sum() - profile.kept, f.min() - width, f.max() + width,
-                     xtol=1e-14)
-        recovered, model = float(norm.sf((cut - f[truth]) / sigma).mean()), "normal (Gaussian sums)"
+        recovered = predicted_recovery(profile.frequencies, sigma, profile.kept, tie_break=profile.tie_break)
+        model = "normal (Gaussian sums)"
     else:
         pair = channel(mechanism)
-        if pair is None:
-            return None
-        recovered, model = _count_law(profile, *pair), "count law, (count, tie-break) cut"
+        recovered = None if pair is None else predicted_recovery_counts(
+            profile.frequencies, profile.clients, *pair, profile.kept, tie_break=profile.tie_break)
         if recovered is None:
             return None
+        model = "count law, (count, tie-break) cut"
     return {"recovered": recovered, "iou": recovered / (2 - recovered), "model": model}
-
-
-def _count_law(profile: Profile, a: float, b: float) -> float | None:
-    """Mean-field recovery for binary reports; ties at the cut go to the larger tie-break, as the server does."""
-    counts, k, n = profile.counts, profile.kept, profile.clients
-    levels, index = np.unique(counts, return_inverse=True)
-    if levels.size * (n + 1) > COUNT_LAW_WORK:
-        return None
-    laws = np.stack([_law(int(m), n, a, b) for m in levels])  # P(noisy count = c | kept by m clients)
-    every = np.bincount(index, minlength=levels.size) @ laws    # expected coordinates at each noisy count
-    at_or_above = np.cumsum(every[::-1])[::-1]
-    c = int(np.flatnonzero(at_or_above >= k - 1e-9).max())    # the cut: k expected at or above count c
-    over, at = laws[:, c + 1:].sum(axis=1)[index], laws[index, c]
-    room = k - over.sum()  # expected places left at count c, filled in tie-break order
-    order = np.lexsort((np.arange(counts.size), -np.abs(profile.tie_break)))
-    before = np.cumsum(at[order]) - at[order]
-    share = np.zeros(counts.size)
-    share[order] = np.clip((room - before) / np.where(at[order] > 0, at[order], 1.0), 0.0, 1.0)
-    return float((over + at * share)[profile.truth].sum() / k)
-
-
-def _law(m: int, n: int, a: float, b: float) -> np.ndarray:
-    """Probabilities of counts 0..n for Binomial(m, a) + Binomial(n - m, b)."""
-    return np.convolve(binom.pmf(np.arange(m + 1), m, a), binom.pmf(np.arange(n - m + 1), n - m, b))
 
 
 # --- Monte Carlo through the real mechanism ---------------------------------------------------------
