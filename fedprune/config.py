@@ -63,6 +63,8 @@ class RunConfig:
     regrowth: bool = False
     mechanism: str = "randomized-response"
     epsilon_per_decision: float = 2.0
+    # eps of a whole mask report, for mechanisms whose figure is per report: subset (pure eps), central (at delta)
+    epsilon_per_report: float = 2.0
     delta: float = 1e-5
     unit: str = "client"
     sample_size: int = 0
@@ -101,6 +103,9 @@ class RunConfig:
         eps = float(self.epsilon_per_decision)
         if math.isnan(eps) or eps <= 0:
             raise ConfigError(f"epsilon-per-decision must be > 0 (inf for exact, non-private votes), got {eps}")
+        eps = float(self.epsilon_per_report)
+        if math.isnan(eps) or eps <= 0:
+            raise ConfigError(f"epsilon-per-report must be > 0 (inf for exact, non-private votes), got {eps}")
         probability("delta", self.delta)
         if self.unit not in ("record", "client"):
             raise ConfigError(f"unknown unit {self.unit!r}; valid units: client, record")
@@ -120,7 +125,8 @@ class RunConfig:
     @property
     def private_votes(self) -> bool:
         """Whether mask reports go through a privacy mechanism (False: exact votes in the clear)."""
-        return self.method == "votes" and math.isfinite(self.epsilon_per_decision) and self.mechanism != "none"
+        from fedprune.privacy.mechanisms import mechanism_class
+        return self.method == "votes" and mechanism_class(self).threat_model != "none"
 
     @property
     def privacy_seeded(self) -> bool:
@@ -177,11 +183,11 @@ def _check_names(config: RunConfig) -> None:
     from fedprune.distributions import DISTRIBUTIONS
     from fedprune.models import MODELS
     from fedprune.partitioning import PARTITION_METHODS
-    from fedprune.privacy.mechanisms import MECHANISMS
+    from fedprune.privacy.mechanisms import REGISTRY
     from fedprune.scorers import SCORERS
     from fedprune.training import OPTIMIZERS
 
-    pick("mechanism", config.mechanism, {**MECHANISMS, "none": None})
+    pick("mechanism", config.mechanism, REGISTRY)
     pick("scorer", config.scorer, SCORERS)
     pick("distribution", config.distribution, DISTRIBUTIONS)
     pick("optimizer", config.optimizer, OPTIMIZERS)

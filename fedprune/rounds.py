@@ -26,9 +26,8 @@ from fedprune.bits import flatten_masks, pack, unflatten_masks
 from fedprune.config import RunConfig
 from fedprune.distributions import get_distribution
 from fedprune.masks import kept_count
-from fedprune.privacy import events
-from fedprune.privacy.mechanisms import Mechanism, epsilon_for_decision, make_mechanism
-from fedprune.privacy.spec import ReportSpec
+from fedprune.privacy import events, mechanisms
+from fedprune.privacy.mechanisms import MaskReport, Mechanism
 from fedprune.pruning import compute_masks
 from fedprune.scorers import DATA_SCORERS
 from fedprune.validation import ConfigError
@@ -103,24 +102,11 @@ def plan_round(config: RunConfig, schedule, round: int, current_sparsity: float,
                      public_seed=public_seed)
 
 
-def mechanism_for(config: RunConfig, plan: RoundPlan) -> Mechanism | None:
-    """The report mechanism of a pruning round; None for exact (non-private) votes."""
-    if not plan.report or not config.private_votes:
-        return None
-    threat = "central" if config.mechanism == "central" else "local"
-    spec = ReportSpec(unit=config.unit, threat_model=threat, hamming_bound=plan.hamming_bound)
-    extra = {}
-    if config.mechanism == "subset":
-        extra["kept"] = plan.kept
-    if config.mechanism == "sampling":
-        extra["sample_size"] = config.sample_size or plan.report_length
-    if config.mechanism == "central":
-        # A Gaussian has no per-decision figure: the setting is the per-report target at delta.
-        extra["delta"] = config.delta
-        epsilon = config.epsilon_per_decision
-    else:
-        epsilon = epsilon_for_decision(config.mechanism, config.epsilon_per_decision)
-    return make_mechanism(config.mechanism, length=plan.report_length, spec=spec, epsilon=epsilon, **extra)
+def mechanism_for(config: RunConfig, plan: RoundPlan) -> Mechanism:
+    """The report mechanism of a reporting round (``exact`` for non-private votes)."""
+    if not plan.report:
+        raise ConfigError(f"round {plan.round} asks for no mask report: it has no mechanism")
+    return mechanisms.build(config, length=plan.report_length, kept=plan.kept, hamming_bound=plan.hamming_bound)
 
 
 def local_mask_bits(config: RunConfig, plan: RoundPlan, params: Mapping[str, Tensor],
@@ -145,13 +131,9 @@ def local_mask_bits(config: RunConfig, plan: RoundPlan, params: Mapping[str, Ten
 
 
 def encode_local_mask(config: RunConfig, plan: RoundPlan, bits: np.ndarray, rng: np.random.Generator,
-                      client: int):
-    """The reply's mask report: privatized by the plan's mechanism, or exact packed votes when not private."""
-    mechanism = mechanism_for(config, plan)
-    packed = pack(bits)
-    if mechanism is None:
-        return None, packed
-    return mechanism.encode(packed, rng, public_seed=(plan.public_seed, int(client))), None
+                      client: int) -> MaskReport:
+    """The reply's mask report, through the plan's mechanism (``exact``: the packed mask itself)."""
+    return mechanism_for(config, plan).encode(pack(bits), rng, public_seed=(plan.public_seed, int(client)))
 
 
 def next_global_masks(config: RunConfig, plan: RoundPlan, frequencies: np.ndarray, average_weights: np.ndarray,
@@ -204,10 +186,7 @@ def mask_events(config: RunConfig, plan: RoundPlan) -> list[tuple[events.Event, 
 
 def mask_release(config: RunConfig, plan: RoundPlan) -> events.Event | None:
     """The mask report's own event, as if it were the only release (None outside reporting rounds)."""
-    if not plan.report:
-        return None
-    mechanism = mechanism_for(config, plan)
-    return events.Unprotected("exact mask votes sent without privacy") if mechanism is None else mechanism.event()
+    return mechanism_for(config, plan).event() if plan.report else None
 
 
 def mask_post_processing_units(config: RunConfig) -> tuple[str, ...]:
