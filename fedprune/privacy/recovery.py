@@ -79,9 +79,7 @@ def _count_law(kept_by: int, n: int, a: float, b: float) -> tuple[int, np.ndarra
 
 def recovery(mechanism, truth, n: int, k: int) -> tuple[float, str]:
     """Predicted top-k recovery of ``mechanism`` from n reports: exact count law where it applies, else normal."""
-    channel = (mechanism.keep_report, mechanism.prune_report) if hasattr(mechanism, "keep_report") else None
-    if mechanism.name == "sampling" and mechanism.sample_size == mechanism.length:  # randomized response
-        channel = (1 - mechanism.flip_probability, mechanism.flip_probability)
+    channel = mechanism.count_channel
     value = None if channel is None else predicted_recovery_counts(truth, n, *channel, k)
     if value is not None:
         return value, "exact counts"

@@ -229,13 +229,7 @@ def integer_counts(frequencies: np.ndarray, clients: int, rng: np.random.Generat
 
 def channel(mechanism) -> tuple[float, float] | None:
     """(P(report 1 | kept), P(report 1 | pruned)) when the estimate is a rising function of one count."""
-    if mechanism.name == "sampling":
-        if mechanism.sample_size != mechanism.length:
-            return None
-        return 1 - mechanism.flip_probability, mechanism.flip_probability
-    if hasattr(mechanism, "keep_report"):
-        return mechanism.keep_report, mechanism.prune_report
-    return None
+    return mechanism.count_channel
 
 
 def predict(profile: Profile, mechanism) -> dict | None:
