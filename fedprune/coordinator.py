@@ -118,6 +118,9 @@ class Coordinator:
             self._mechanism = (plan, mechanism_for(self.config, plan))
         return self._mechanism[1]
 
+    def _round_mechanism(self, plan: RoundPlan) -> Mechanism | None:
+        return self.mechanism(plan) if plan.report else None
+
     # --- checks -----------------------------------------------------------------------------
 
     def check_reply(self, plan: RoundPlan, weights: Mapping[str, np.ndarray], metrics: Mapping,
@@ -158,12 +161,12 @@ class Coordinator:
 
         None depends on how many clients reply: weight noise is scaled to the sum, vote noise too.
         """
-        return mask_events(self.config, plan) + self.weight_channel.events(dpsgd)
+        return mask_events(self.config, plan, self._round_mechanism(plan)) + self.weight_channel.events(dpsgd)
 
     def record(self, plan: RoundPlan, clients: list[str], dpsgd=None) -> None:
         for event, units in self.round_events(plan, dpsgd):
             self.accountant.record(event, units=units, clients=clients)
-        alone = mask_release(self.config, plan)  # post-processing is free only beside what it processes
+        alone = mask_release(self.config, plan, self._round_mechanism(plan))  # post-processing is free only beside what it processes
         if alone is not None:
             self.mask_accountant.record(alone, units=UNITS, clients=clients)
 

@@ -166,13 +166,16 @@ def server_scores(config: RunConfig, magnitudes: np.ndarray, global_masks: Mappi
     return magnitudes if config.regrowth else magnitudes[flatten_masks(dict(global_masks))]
 
 
-def mask_events(config: RunConfig, plan: RoundPlan) -> list[tuple[events.Event, tuple[str, ...]]]:
+def mask_events(config: RunConfig, plan: RoundPlan,
+                mechanism: Mechanism | None = None) -> list[tuple[events.Event, tuple[str, ...]]]:
     """(event, units) one client's mask report releases this round (nothing outside pruning rounds).
+
+    ``mechanism``: the round's mechanism where the caller holds it (else built from the plan).
 
     In a unit where the client's trained weights are already a DP output (DP-SGD: record level) and
     the scorer reads only the weights, the mask is post-processing of them and costs nothing more.
     """
-    event = mask_release(config, plan)
+    event = mask_release(config, plan, mechanism)
     if event is None:
         return []
     free = mask_post_processing_units(config)
@@ -184,9 +187,11 @@ def mask_events(config: RunConfig, plan: RoundPlan) -> list[tuple[events.Event, 
     return out
 
 
-def mask_release(config: RunConfig, plan: RoundPlan) -> events.Event | None:
+def mask_release(config: RunConfig, plan: RoundPlan, mechanism: Mechanism | None = None) -> events.Event | None:
     """The mask report's own event, as if it were the only release (None outside reporting rounds)."""
-    return mechanism_for(config, plan).event() if plan.report else None
+    if not plan.report:
+        return None
+    return (mechanism or mechanism_for(config, plan)).event()
 
 
 def mask_post_processing_units(config: RunConfig) -> tuple[str, ...]:
