@@ -42,7 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--predict", nargs="+", metavar="RUN_DIR", default=None,
                        help="runs with exact votes (epsilon-per-decision = inf) or sweep folders holding them")
     group.add_argument("--epsilon-per-decision", default=None, metavar="LIST",
-                       help="run settings to predict, e.g. 8,4,2,1 (default: those of the --measured runs)")
+                       help="epsilons to predict, e.g. 8,4,2,1: each mechanism's own setting (per report for "
+                            "subset and central; default: those of the --measured runs)")
     group.add_argument("--event", type=int, default=1, help="pruning event to replay, from 1 (default 1)")
     group.add_argument("--kept-fraction", type=float, default=None,
                        help="fraction of the report's weights each client keeps (default: the recorded one)")
