@@ -166,7 +166,8 @@ class Coordinator:
     def record(self, plan: RoundPlan, clients: list[str], dpsgd=None) -> None:
         for event, units in self.round_events(plan, dpsgd):
             self.accountant.record(event, units=units, clients=clients)
-        alone = mask_release(self.config, plan, self._round_mechanism(plan))  # post-processing is free only beside what it processes
+        # post-processing is free only beside what it processes
+        alone = mask_release(self.config, plan, self._round_mechanism(plan))
         if alone is not None:
             self.mask_accountant.record(alone, units=UNITS, clients=clients)
 

@@ -12,10 +12,10 @@ The server (:class:`MaskOnlyCoordinator`, the interface the strategy and driver 
 default mode) checks each reply, tallies the samples and debiases them, (y - q) / (1 - 2q), into
 the next global keep-probabilities: an unbiased estimate of the clients' mean of
 r = (clip(theta, q, 1 - q) - q) / (1 - 2q), theta stretched from [q, 1 - q] onto [0, 1] (0 below q,
-1 above 1 - q; theta itself at eps inf, where the samples are exact votes (mechanism ``exact``)
-and the estimate is their plain mean, FedPM's aggregate). The final model keeps the top (1 - ``target-sparsity``) share of weights by
-global keep-probability (per layer for the uniform and ERK distributions), ties broken by a fixed
-order drawn from the run's seed.
+1 above 1 - q; theta itself at eps inf, where the samples are exact votes (mechanism
+``exact``) and the estimate is their plain mean, FedPM's aggregate). The final model keeps the
+top (1 - ``target-sparsity``) share of weights by global keep-probability (per layer for the
+uniform and ERK distributions), ties broken by a fixed order drawn from the run's seed.
 
 Privacy: a sample of d coordinates can differ in all d between neighbouring datasets (every
 score depends on every record), so the Hamming bound is d and a report costs d x eps, at record

@@ -33,8 +33,8 @@ from fedprune.rounds import RoundPlan, mechanism_for
 from fedprune.validation import ConfigError, pick
 from simulations.reporting import markdown_table
 
-FREE = ("mechanism", "epsilon-per-decision", "epsilon-per-report", "privacy-seed", "sample-size", "budget-epsilon", "dense-baseline",
-        "run-name", "output-dir", "resume")  # settings a measured run may differ in from its reference
+FREE = ("mechanism", "epsilon-per-decision", "epsilon-per-report", "privacy-seed", "sample-size", "budget-epsilon",
+        "dense-baseline", "run-name", "output-dir", "resume")  # what a measured run may change from its reference
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

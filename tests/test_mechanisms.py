@@ -166,11 +166,10 @@ def test_each_setting_means_one_thing():
                                    length=D, kept=K, hamming_bound=12)
         assert mech.epsilon_per_decision == pytest.approx(0.7, rel=1e-12)
     # epsilon-per-report: the whole report (subset), the per-report target at delta (central)
-    subset = build_from_settings(MechanismSettings(mechanism="subset", epsilon_per_decision=9.0, epsilon_per_report=0.7),
-                                 length=D, kept=K)
+    per_report = {"epsilon_per_decision": 9.0, "epsilon_per_report": 0.7}
+    subset = build_from_settings(MechanismSettings(mechanism="subset", **per_report), length=D, kept=K)
     assert subset.epsilon_per_report == 0.7 and subset.spec.hamming_bound == 12
-    gauss = build_from_settings(MechanismSettings(mechanism="central", epsilon_per_decision=9.0, epsilon_per_report=0.7),
-                                length=D, kept=K, hamming_bound=12)
+    gauss = build_from_settings(MechanismSettings(mechanism="central", **per_report), length=D, hamming_bound=12)
     assert gauss.epsilon_per_report(1e-5) == pytest.approx(0.7, rel=1e-6) and gauss.spec.threat_model == "central"
 
 

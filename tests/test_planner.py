@@ -33,7 +33,7 @@ REALISTIC = dict(length=28096, kept=2810, clients=10, pruning_events=4)  # the d
 
 
 def per_bit_parameter(name, per_decision):
-    """The mechanism's own epsilon whose per-bit figure is ``per_decision`` (SUE: eps / 2 per bit; OUE: ln((e^eps+1)/2))."""
+    """The mechanism's own epsilon whose per-bit figure is ``per_decision`` (SUE: eps / 2; OUE: ln((e^eps+1)/2))."""
     return {"sue": 2 * per_decision, "oue": math.log(2 * math.exp(per_decision) - 1)}.get(name, per_decision)
 
 

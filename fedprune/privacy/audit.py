@@ -17,11 +17,11 @@ bound exceeds the claimed eps with probability at most ``1 - confidence`` (defau
 mechanism that flips too rarely for its claim (a larger true eps) is caught once the trials pin
 P_A(E) / P_B(E) above e^eps: with the defaults, a per-report claim of 1 against a true 1.5 is.
 
-Worst-case pairs, each mechanism's own (``Mechanism.audit_pair``): bit mechanisms (randomized response, SUE, OUE, sampling, central) compare
-A = ones on Delta coordinates (min(s, Delta) sampled ones for sampling, under one fixed public
-seed) with B = zeros there, scored by the sum of those coordinates of the output: for OUE that
-is the direction in which a bit costs the most. ``subset`` compares the kept sets
-{0..k-1} and {d-k..d-1}, scored +1 if the reported subset meets A only, -1 if B only.
+Worst-case pairs, each mechanism's own (``Mechanism.audit_pair``): bit mechanisms (randomized
+response, SUE, OUE, sampling, central, exact) compare A = ones on Delta coordinates (min(s, Delta)
+sampled ones for sampling, under one fixed public seed) with B = zeros there, scored by the sum
+of those coordinates of the output: for OUE that is the direction in which a bit costs the most.
+``subset`` compares the kept sets {0..k-1} and {d-k..d-1}, scored +1 if the reported subset meets A only, -1 if B only.
 The bound for Delta > 1 is far below Delta eps with feasible trial counts; audits that aim
 to be tight use Delta = 1 or 2.
 """
