@@ -25,7 +25,7 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 
 from fedprune.bits import pack  # noqa: E402
-from fedprune.privacy.mechanisms import make_mechanism  # noqa: E402
+from fedprune.privacy.mechanisms import REGISTRY  # noqa: E402
 from fedprune.privacy.mechanisms.packed import SCALE  # noqa: E402
 from fedprune.privacy.rng import privacy_rng  # noqa: E402
 from fedprune.privacy.spec import ReportSpec  # noqa: E402
@@ -47,12 +47,12 @@ def speed(bits: int, reports: int, repeats: int) -> dict:
     packed = pack(mask)
     kept = int(mask.sum())
     spec = ReportSpec.for_exactly_k(kept, bits)
-    rr = make_mechanism("randomized-response", length=bits, spec=spec, epsilon=1.0)
+    rr = REGISTRY["randomized-response"](length=bits, spec=spec, epsilon=1.0)
     out: dict = {"bits": bits, "reports": reports}
     out["draw_uniforms_s"] = best_of(repeats, lambda: rng.integers(0, SCALE, size=bits, dtype=np.uint32))
     out["rr_encode_s"] = best_of(repeats, lambda: rr.encode(packed, rng))
     out["rr_encode_over_draw"] = out["rr_encode_s"] / out["draw_uniforms_s"]
-    oue = make_mechanism("oue", length=bits, spec=spec, epsilon=1.0)
+    oue = REGISTRY["oue"](length=bits, spec=spec, epsilon=1.0)
     out["oue_encode_s"] = best_of(repeats, lambda: oue.encode(packed, rng))
 
     noisy = [rr.encode(packed, rng) for _ in range(reports)]
@@ -60,16 +60,16 @@ def speed(bits: int, reports: int, repeats: int) -> dict:
     tally = rr.aggregate(noisy)
     out["rr_estimate_s"] = best_of(repeats, lambda: rr.estimate(tally))
     central_spec = ReportSpec(threat_model="central", hamming_bound=spec.hamming_bound)
-    central = make_mechanism("central", length=bits, spec=central_spec, noise_multiplier=1.0)
+    central = REGISTRY["central"](length=bits, spec=central_spec, noise_multiplier=1.0)
     exact = [central.encode(packed, rng)] * reports
     out["central_aggregate_s"] = best_of(max(1, repeats // 2), lambda: central.aggregate(exact, rng))
 
     start = time.perf_counter()
-    subset = make_mechanism("subset", length=bits, spec=spec, epsilon=1.0, kept=kept)
+    subset = REGISTRY["subset"](length=bits, spec=spec, epsilon=1.0, kept=kept)
     out["subset_setup_s"] = time.perf_counter() - start
     out["subset_size"] = subset.subset_size
     out["subset_encode_s"] = best_of(repeats, lambda: subset.encode(packed, rng))
-    sampling = make_mechanism("sampling", length=bits, spec=spec, epsilon=1.0, sample_size=bits // 100)
+    sampling = REGISTRY["sampling"](length=bits, spec=spec, epsilon=1.0, sample_size=bits // 100)
     out["sampling_encode_s"] = best_of(repeats, lambda: sampling.encode(packed, rng, public_seed=(1, 2)))
     return out
 
@@ -83,11 +83,11 @@ def accuracy(length: int, kept: int, clients: int, report_epsilon: float) -> lis
     oue_eps = math.log(2 * math.exp(per_bit) - 1)  # ln((e^eps + 1) / 2) = per_bit
     sample = max(1, delta_bits // 10)
     built = {
-        "randomized-response": make_mechanism("randomized-response", length=length, spec=spec, epsilon=per_bit),
-        "sue": make_mechanism("sue", length=length, spec=spec, epsilon=2 * per_bit),
-        "oue": make_mechanism("oue", length=length, spec=spec, epsilon=oue_eps),
-        "subset": make_mechanism("subset", length=length, spec=spec, epsilon=report_epsilon, kept=kept),
-        "sampling (s=Delta/10)": make_mechanism("sampling", length=length, spec=spec, sample_size=sample,
+        "randomized-response": REGISTRY["randomized-response"](length=length, spec=spec, epsilon=per_bit),
+        "sue": REGISTRY["sue"](length=length, spec=spec, epsilon=2 * per_bit),
+        "oue": REGISTRY["oue"](length=length, spec=spec, epsilon=oue_eps),
+        "subset": REGISTRY["subset"](length=length, spec=spec, epsilon=report_epsilon, kept=kept),
+        "sampling (s=Delta/10)": REGISTRY["sampling"](length=length, spec=spec, sample_size=sample,
                                                 epsilon=report_epsilon / sample),
     }
     rows = []

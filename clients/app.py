@@ -81,8 +81,6 @@ def _train(msg: Message, context: Context) -> Message:
     })
     if result.report is not None:
         content[protocol.REPORT] = ConfigRecord(protocol.encode_report(result.report))
-    elif result.exact_votes is not None:
-        content[protocol.REPORT] = ConfigRecord({protocol.VOTES: result.exact_votes.tobytes()})
     return Message(content=content, reply_to=msg)
 
 

@@ -76,6 +76,8 @@ class RunConfig:
     regrowth: bool = False
     mechanism: str = "randomized-response"
     epsilon_per_decision: float = 2.0
+    # eps of a whole mask report, for mechanisms whose figure is per report: subset (pure eps), central (at delta)
+    epsilon_per_report: float = 2.0
     delta: float = 1e-5
     unit: str = "client"
     sample_size: int = 0
@@ -124,6 +126,9 @@ class RunConfig:
         if math.isnan(self.epsilon_per_decision) or self.epsilon_per_decision <= 0:
             raise ConfigError("epsilon-per-decision must be > 0 (inf for exact, non-private votes), got "
                               f"{self.epsilon_per_decision}")
+        if math.isnan(self.epsilon_per_report) or self.epsilon_per_report <= 0:
+            raise ConfigError("epsilon-per-report must be > 0 (inf for exact, non-private votes), got "
+                              f"{self.epsilon_per_report}")
         probability("delta", self.delta)
         if self.unit not in ("record", "client"):
             raise ConfigError(f"unknown unit {self.unit!r}; valid units: client, record")
@@ -148,7 +153,8 @@ class RunConfig:
     @property
     def private_votes(self) -> bool:
         """Whether mask reports go through a privacy mechanism (False: exact votes in the clear)."""
-        return self.method == "votes" and math.isfinite(self.epsilon_per_decision) and self.mechanism != "none"
+        from fedprune.privacy.mechanisms import mechanism_class
+        return self.method == "votes" and mechanism_class(self).threat_model != "none"
 
     @property
     def privacy_seeded(self) -> bool:

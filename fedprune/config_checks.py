@@ -23,11 +23,11 @@ def check_names(config: RunConfig) -> None:
     from fedprune.distributions import DISTRIBUTIONS
     from fedprune.models import MODELS
     from fedprune.partitioning import PARTITION_METHODS
-    from fedprune.privacy.mechanisms import MECHANISMS
+    from fedprune.privacy.mechanisms import REGISTRY
     from fedprune.scorers import SCORERS
     from fedprune.training import OPTIMIZERS
 
-    pick("mechanism", config.mechanism, {**MECHANISMS, "none": None})
+    pick("mechanism", config.mechanism, REGISTRY)
     pick("scorer", config.scorer, SCORERS)
     pick("distribution", config.distribution, DISTRIBUTIONS)
     pick("optimizer", config.optimizer, {**OPTIMIZERS, "auto (the mode's)": None})

@@ -32,7 +32,7 @@ from fedprune.config import RunConfig
 from fedprune.masks import density, full_masks
 from fedprune.privacy import weight_channel
 from fedprune.privacy.accountant import Accountant
-from fedprune.privacy.mechanisms import MaskReport
+from fedprune.privacy.mechanisms import MaskReport, Mechanism
 from fedprune.privacy.rng import privacy_rng
 from fedprune.privacy.statement import statement
 from fedprune.rounds import (RoundPlan, mask_events, mask_release, mechanism_for, next_global_masks,
@@ -60,7 +60,6 @@ class Reply:
     examples: int | None  # None where the weight channel does not weight by examples (then it is not sent)
     weights: dict[str, np.ndarray]
     report: MaskReport | None
-    votes: np.ndarray | None
     metrics: dict
 
 
@@ -84,6 +83,7 @@ class Coordinator:
         self.upload_bytes: list[int] = []
         self.last_report_plan: RoundPlan | None = None
         self.last_votes: dict | None = None  # the last vote event's inputs, for votes.npz (fedprune.privacy.replay)
+        self._mechanism: tuple[RoundPlan, Mechanism] | None = None  # the round's mechanism, built once per plan
 
     # --- what a round asks ------------------------------------------------------------------
 
@@ -111,34 +111,32 @@ class Coordinator:
     def expand(self, weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return expand(weights, self.numpy_masks(), self.shapes)
 
+    def mechanism(self, plan: RoundPlan) -> Mechanism:
+        """The reporting round's mechanism, built once per plan (every reply of the round is checked by it)."""
+        if self._mechanism is None or self._mechanism[0] != plan:
+            self._mechanism = (plan, mechanism_for(self.config, plan))
+        return self._mechanism[1]
+
+    def _round_mechanism(self, plan: RoundPlan) -> Mechanism | None:
+        return self.mechanism(plan) if plan.report else None
+
     # --- checks -----------------------------------------------------------------------------
 
     def check_reply(self, plan: RoundPlan, weights: Mapping[str, np.ndarray], metrics: Mapping,
-                    report: MaskReport | None, votes: np.ndarray | None) -> Reply:
+                    report: MaskReport | None) -> Reply:
         """The reply as a :class:`Reply`, or MalformedReply naming what is wrong."""
         client, examples = self.reply_identity(metrics)
         checked = check_compact(weights, compact_shapes(self.numpy_masks(), self.shapes))
-        mechanism = mechanism_for(self.config, plan)
-        if plan.report and mechanism is not None:
+        if plan.report:
             if report is None:
                 raise MalformedReply("a reporting round's reply has no mask report")
             try:
-                mechanism.check_report(report)
+                self.mechanism(plan).check_report(report)
             except ConfigError as error:
                 raise MalformedReply(str(error)) from None
-        elif plan.report:
-            if votes is None:
-                raise MalformedReply("a reporting round's reply has no mask votes")
-            try:
-                bits = unpack(votes, plan.report_length)
-            except ConfigError as error:
-                raise MalformedReply(f"mask votes: {error}") from None
-            if int(bits.sum()) != plan.kept:
-                raise MalformedReply(f"mask votes keep {int(bits.sum())} weights, the plan asks for {plan.kept}")
-            votes = bits
-        elif report is not None or votes is not None:
+        elif report is not None:
             raise MalformedReply("a mask report in a round that asked for none")
-        return Reply(str(client), examples, checked, report, votes, dict(metrics))
+        return Reply(str(client), examples, checked, report, dict(metrics))
 
     def reject(self, plan: RoundPlan, client: str | None, reason: str) -> None:
         """Count a malformed reply (its release still counts: the server received it)."""
@@ -162,12 +160,13 @@ class Coordinator:
 
         None depends on how many clients reply: weight noise is scaled to the sum, vote noise too.
         """
-        return mask_events(self.config, plan) + self.weight_channel.events(dpsgd)
+        return mask_events(self.config, plan, self._round_mechanism(plan)) + self.weight_channel.events(dpsgd)
 
     def record(self, plan: RoundPlan, clients: list[str], dpsgd=None) -> None:
         for event, units in self.round_events(plan, dpsgd):
             self.accountant.record(event, units=units, clients=clients)
-        alone = mask_release(self.config, plan)  # post-processing is free only beside what it processes
+        # post-processing is free only beside what it processes
+        alone = mask_release(self.config, plan, self._round_mechanism(plan))
         if alone is not None:
             self.mask_accountant.record(alone, units=UNITS, clients=clients)
 
@@ -243,9 +242,7 @@ class Coordinator:
         return self.compact(dense)
 
     def frequencies(self, plan: RoundPlan, replies: list[Reply]) -> np.ndarray:
-        mechanism = mechanism_for(self.config, plan)
-        if mechanism is None:
-            return np.mean([r.votes for r in replies], axis=0)
+        mechanism = self.mechanism(plan)
         seed = self.config.privacy_seed
         rng = privacy_rng(None if seed < 0 else seed, stream=(plan.round,))  # central noise only
         return mechanism.estimate(mechanism.aggregate([r.report for r in replies], rng))
@@ -300,8 +297,6 @@ def reply_bytes(reply: Reply) -> int:
     size = sum(value.nbytes for value in reply.weights.values())
     if reply.report is not None:
         size += sum(a.nbytes for a in (reply.report.bits, reply.report.indices) if a is not None)
-    if reply.votes is not None:
-        size += (reply.votes.size + 7) // 8
     return size
 
 

@@ -31,11 +31,10 @@ from fedprune.validation import ConfigError
 
 @dataclass(frozen=True)
 class ClientResult:
-    """What a client sends back: compact weights, its mask report (or exact votes), metrics."""
+    """What a client sends back: compact weights, its mask report (None outside reporting rounds), metrics."""
 
     weights: dict[str, np.ndarray]
     report: MaskReport | None
-    exact_votes: np.ndarray | None
     metrics: dict[str, float | int]
 
 
@@ -106,7 +105,7 @@ def client_round(config: RunConfig, plan: RoundPlan, model: nn.Module, global_we
     trained = train(model, loader, train_config(config), masks=dict(global_masks), dp=dp,
                     generator=generator if dp is None else dp_generator)
 
-    report, votes = None, None
+    report = None
     if plan.report:
         params = {name: p.detach() for name, p in prunable_parameters(model).items()}
         extra = {}
@@ -114,11 +113,11 @@ def client_round(config: RunConfig, plan: RoundPlan, model: nn.Module, global_we
             grads, fisher = gradient_statistics(model, make_loader(x, y, config.batch_size, shuffle=False))
             extra = {"grads": grads} if config.scorer == "taylor" else {"fisher": fisher}
         bits = local_mask_bits(config, plan, params, global_masks, generator=generator, **extra)
-        report, votes = encode_local_mask(config, plan, bits, privacy_rng, client)
+        report = encode_local_mask(config, plan, bits, privacy_rng, client)
 
     weights = compact({name: value.detach().numpy() for name, value in model.state_dict().items()}, numpy_masks)
     values = {protocol.CLIENT_ID: int(client), protocol.NUM_EXAMPLES: int(len(y)), "train-loss": float(trained["loss"]),
               "train-seconds": time.perf_counter() - started}
     channel = config.build_weight_channel()
     metrics = {key: value for key, value in values.items() if key in channel.metrics}  # only what the ledger counts
-    return ClientResult(weights=weights, report=report, exact_votes=votes, metrics=metrics)
+    return ClientResult(weights=weights, report=report, metrics=metrics)

@@ -5,23 +5,23 @@ Weights stay frozen at the seeded initialisation every party rebuilds
 (one per prunable weight); a client starts its scores at their logits, trains them on its data
 (``fedprune.supermask.ScoreModel``), and replies with one Bernoulli sample of its
 keep-probabilities, clipped to [q, 1 - q] so the sample is randomized response at eps per weight
-(``fedprune.supermask.ClippedBernoulli``), and its client id (public: the server sees who took part).
+(``fedprune.privacy.mechanisms.ClippedBernoulli``), and its client id (public: the server sees who took part).
 No weight, score, probability, loss, time or example count leaves the client.
 
 The server (:class:`MaskOnlyCoordinator`, the interface the strategy and driver use for the
 default mode) checks each reply, tallies the samples and debiases them, (y - q) / (1 - 2q), into
 the next global keep-probabilities: an unbiased estimate of the clients' mean of
 r = (clip(theta, q, 1 - q) - q) / (1 - 2q), theta stretched from [q, 1 - q] onto [0, 1] (0 below q,
-1 above 1 - q; theta itself at eps inf, where the estimate is the plain mean of the samples,
-FedPM's aggregate). The final model keeps the top (1 - ``target-sparsity``) share of weights by
-global keep-probability (per layer for the uniform and ERK distributions), ties broken by a fixed
-order drawn from the run's seed.
+1 above 1 - q; theta itself at eps inf, where the samples are exact votes (mechanism
+``exact``) and the estimate is their plain mean, FedPM's aggregate). The final model keeps the
+top (1 - ``target-sparsity``) share of weights by global keep-probability (per layer for the
+uniform and ERK distributions), ties broken by a fixed order drawn from the run's seed.
 
 Privacy: a sample of d coordinates can differ in all d between neighbouring datasets (every
 score depends on every record), so the Hamming bound is d and a report costs d x eps, at record
 and client level alike. The ledger records it as the randomized-response event it is; nothing
 else is released, so the mask channel's figure is the end-to-end one. At eps inf the samples are
-unclipped and there is no guarantee (None).
+unclipped, exact votes, and there is no guarantee (None).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import torch
 
 from fedprune import protocol
 from fedprune.aggregation import select_layer_masks, select_mask
-from fedprune.bits import unflatten_masks, unpack
+from fedprune.bits import unflatten_masks
 from fedprune.compact import MalformedReply
 from fedprune.config import RunConfig
 from fedprune.coordinator import UNITS, Coordinator, Reply, reply_identity
@@ -42,10 +42,10 @@ from fedprune.data import make_loader
 from fedprune.layouts.weights import layer_counts
 from fedprune.local import ClientResult, new_model, train_config
 from fedprune.masks import kept_count, prunable_parameters
-from fedprune.privacy import events
-from fedprune.privacy.spec import ReportSpec
+from fedprune.privacy import events, mechanisms
+from fedprune.privacy.mechanisms import Mechanism
 from fedprune.rounds import RoundPlan
-from fedprune.supermask import ClippedBernoulli, ScoreModel, exact_sample, frozen_state
+from fedprune.supermask import ScoreModel, frozen_state
 from fedprune.validation import ConfigError
 
 FINAL_MASK = ("threshold: the top (1 - target-sparsity) share of global keep-probabilities (per layer unless the "
@@ -73,18 +73,16 @@ def plan_mask_only(config: RunConfig, round: int, length: int, kept: int) -> Rou
                      public_seed=(config.seed * 1_000_003 + round) % 2**63)
 
 
-def sampler_for(config: RunConfig, length: int) -> ClippedBernoulli | None:
-    """The report's mechanism at ``epsilon-per-decision`` per weight; None at eps inf (exact samples)."""
-    if not math.isfinite(config.epsilon_per_decision):
-        return None
-    spec = ReportSpec.for_unconstrained(length, unit=config.unit)
-    return ClippedBernoulli(length=length, spec=spec, epsilon=config.epsilon_per_decision)
+def sampler_for(config: RunConfig, length: int) -> Mechanism:
+    """The report's mechanism: clipped-bernoulli at ``epsilon-per-decision`` per weight (exact samples at inf).
+
+    A sample of all ``length`` weights, unconstrained (Hamming bound ``length``, no kept count).
+    """
+    return mechanisms.build(config, name="clipped-bernoulli", length=length, hamming_bound=length)
 
 
-def report_events(sampler: ClippedBernoulli | None) -> list[events.Event]:
+def report_events(sampler: Mechanism) -> list[events.Event]:
     """What one client's reply releases in one round: its mask sample, nothing else."""
-    if sampler is None:
-        return [events.Unprotected("mask samples sent unclipped (epsilon-per-decision inf)")]
     return [sampler.event()]
 
 
@@ -110,11 +108,9 @@ def client_round_mask_only(config: RunConfig, plan: RoundPlan, probabilities: Ma
                  train_config(config), generator)
     with torch.no_grad():
         theta = np.concatenate([p.double().reshape(-1).numpy() for p in scores.keep_probabilities().values()])
-    sampler = sampler_for(config, length)
-    report = sampler.sample(theta, privacy_rng) if sampler is not None else None
-    votes = exact_sample(theta, privacy_rng) if sampler is None else None
+    report = sampler_for(config, length).sample(theta, privacy_rng)
     # the mask sample is the only release: no loss, time or example count leaves the client
-    return ClientResult(weights={}, report=report, exact_votes=votes, metrics={protocol.CLIENT_ID: int(client)})
+    return ClientResult(weights={}, report=report, metrics={protocol.CLIENT_ID: int(client)})
 
 
 def _check_probabilities(values: Mapping[str, np.ndarray], shapes: Mapping[str, tuple[int, ...]]):
@@ -190,26 +186,18 @@ class MaskOnlyCoordinator(Coordinator):
     # --- checks ----------------------------------------------------------------------------------
 
     def check_reply(self, plan: RoundPlan, weights: Mapping[str, np.ndarray], metrics: Mapping,
-                    report, votes) -> Reply:
+                    report) -> Reply:
         """The reply as a :class:`Reply`, or MalformedReply: it must carry one mask sample and no weights."""
         client, examples = self.reply_identity(metrics)
         if weights:
             raise MalformedReply(f"a mask-only reply carries no weights, got {sorted(weights)}")
-        if self.sampler is not None:
-            if report is None or votes is not None:
-                raise MalformedReply("a private mask-only round needs exactly one clipped-bernoulli report")
-            try:
-                self.sampler.check_report(report)
-            except ConfigError as error:
-                raise MalformedReply(str(error)) from None
-        else:
-            if votes is None or report is not None:
-                raise MalformedReply("a mask-only round at epsilon inf needs exactly one exact mask sample")
-            try:
-                votes = unpack(votes, self.length)
-            except ConfigError as error:
-                raise MalformedReply(f"mask sample: {error}") from None
-        return Reply(str(client), examples, {}, report, votes, dict(metrics))
+        if report is None:
+            raise MalformedReply(f"a mask-only round needs exactly one {self.sampler.name} report")
+        try:
+            self.sampler.check_report(report)
+        except ConfigError as error:
+            raise MalformedReply(str(error)) from None
+        return Reply(str(client), examples, {}, report, dict(metrics))
 
     # --- privacy ----------------------------------------------------------------------------------
 
@@ -234,10 +222,7 @@ class MaskOnlyCoordinator(Coordinator):
     def aggregate(self, plan: RoundPlan, replies: list[Reply], sent=None) -> dict[str, np.ndarray]:
         """The next global keep-probabilities from well-formed replies (debiased mean of their samples)."""
         replies = self.accept(plan, replies)
-        if self.sampler is None:
-            frequencies = np.mean([r.votes for r in replies], axis=0)
-        else:
-            frequencies = self.sampler.estimate(self.sampler.aggregate([r.report for r in replies]))
+        frequencies = self.sampler.estimate(self.sampler.aggregate([r.report for r in replies]))
         flat = np.clip(frequencies, 0.0, 1.0).astype(np.float32)
         probabilities, start = {}, 0
         for name, shape in self.mask_shapes.items():
@@ -253,8 +238,6 @@ class MaskOnlyCoordinator(Coordinator):
 
     def mechanism_summary(self) -> dict:
         """The mask channel (per decision, per report), for summary.json."""
-        if self.sampler is None:
-            return {"name": "exact-samples", "meaning": "unclipped Bernoulli mask samples: no privacy"}
         return self.sampler.describe()
 
     def mode_summary(self) -> dict:

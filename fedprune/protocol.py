@@ -29,8 +29,6 @@ CONFIG = "config"      # ConfigRecord: run settings (kebab-case), the round's pl
 REPORT = "report"      # ConfigRecord: a client's privatized mask report
 METRICS = "metrics"    # MetricRecord: examples, losses, timings
 
-VOTES = "votes"        # in REPORT: exact packed votes, when reports are not private
-
 CLIENT_ID = "client-id"         # in METRICS: the partition id, which keys the client's ledger (public)
 NUM_EXAMPLES = "num-examples"   # in METRICS where the weight channel averages by example count
 PLAIN_METRICS = ("train-loss", "train-seconds")  # in METRICS only where nothing a client sends is protected

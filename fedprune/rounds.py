@@ -22,9 +22,8 @@ from torch import Tensor
 from fedprune.bits import pack
 from fedprune.config import RunConfig
 from fedprune.layouts import layout_for
-from fedprune.privacy import events
-from fedprune.privacy.mechanisms import Mechanism, epsilon_for_decision, make_mechanism
-from fedprune.privacy.spec import ReportSpec
+from fedprune.privacy import events, mechanisms
+from fedprune.privacy.mechanisms import MaskReport, Mechanism
 from fedprune.scorers import DATA_SCORERS
 from fedprune.validation import ConfigError
 
@@ -70,24 +69,11 @@ def plan_round(config: RunConfig, schedule, round: int, current_sparsity: float,
                      public_seed=public_seed)
 
 
-def mechanism_for(config: RunConfig, plan: RoundPlan) -> Mechanism | None:
-    """The report mechanism of a pruning round; None for exact (non-private) votes."""
-    if not plan.report or not config.private_votes:
-        return None
-    threat = "central" if config.mechanism == "central" else "local"
-    spec = ReportSpec(unit=config.unit, threat_model=threat, hamming_bound=plan.hamming_bound)
-    extra = {}
-    if config.mechanism == "subset":
-        extra["kept"] = plan.kept
-    if config.mechanism == "sampling":
-        extra["sample_size"] = config.sample_size or plan.report_length
-    if config.mechanism == "central":
-        # A Gaussian has no per-decision figure: the setting is the per-report target at delta.
-        extra["delta"] = config.delta
-        epsilon = config.epsilon_per_decision
-    else:
-        epsilon = epsilon_for_decision(config.mechanism, config.epsilon_per_decision)
-    return make_mechanism(config.mechanism, length=plan.report_length, spec=spec, epsilon=epsilon, **extra)
+def mechanism_for(config: RunConfig, plan: RoundPlan) -> Mechanism:
+    """The report mechanism of a reporting round (``exact`` for non-private votes)."""
+    if not plan.report:
+        raise ConfigError(f"round {plan.round} asks for no mask report: it has no mechanism")
+    return mechanisms.build(config, length=plan.report_length, kept=plan.kept, hamming_bound=plan.hamming_bound)
 
 
 def local_mask_bits(config: RunConfig, plan: RoundPlan, params: Mapping[str, Tensor],
@@ -103,13 +89,9 @@ def local_mask_bits(config: RunConfig, plan: RoundPlan, params: Mapping[str, Ten
 
 
 def encode_local_mask(config: RunConfig, plan: RoundPlan, bits: np.ndarray, rng: np.random.Generator,
-                      client: int):
-    """The reply's mask report: privatized by the plan's mechanism, or exact packed votes when not private."""
-    mechanism = mechanism_for(config, plan)
-    packed = pack(bits)
-    if mechanism is None:
-        return None, packed
-    return mechanism.encode(packed, rng, public_seed=(plan.public_seed, int(client))), None
+                      client: int) -> MaskReport:
+    """The reply's mask report, through the plan's mechanism (``exact``: the packed mask itself)."""
+    return mechanism_for(config, plan).encode(pack(bits), rng, public_seed=(plan.public_seed, int(client)))
 
 
 def next_global_masks(config: RunConfig, plan: RoundPlan, frequencies: np.ndarray, average_weights: np.ndarray,
@@ -127,13 +109,16 @@ def server_scores(config: RunConfig, magnitudes: np.ndarray, global_masks: Mappi
     return layout_for(config).server_scores(config, magnitudes, global_masks)
 
 
-def mask_events(config: RunConfig, plan: RoundPlan) -> list[tuple[events.Event, tuple[str, ...]]]:
+def mask_events(config: RunConfig, plan: RoundPlan,
+                mechanism: Mechanism | None = None) -> list[tuple[events.Event, tuple[str, ...]]]:
     """(event, units) one client's mask report releases this round (nothing outside pruning rounds).
+
+    ``mechanism``: the round's mechanism where the caller holds it (else built from the plan).
 
     In a unit where the client's trained weights are already a DP output (DP-SGD: record level) and
     the scorer reads only the weights, the mask is post-processing of them and costs nothing more.
     """
-    event = mask_release(config, plan)
+    event = mask_release(config, plan, mechanism)
     if event is None:
         return []
     free = mask_post_processing_units(config)
@@ -145,12 +130,11 @@ def mask_events(config: RunConfig, plan: RoundPlan) -> list[tuple[events.Event, 
     return out
 
 
-def mask_release(config: RunConfig, plan: RoundPlan) -> events.Event | None:
+def mask_release(config: RunConfig, plan: RoundPlan, mechanism: Mechanism | None = None) -> events.Event | None:
     """The mask report's own event, as if it were the only release (None outside reporting rounds)."""
     if not plan.report:
         return None
-    mechanism = mechanism_for(config, plan)
-    return events.Unprotected("exact mask votes sent without privacy") if mechanism is None else mechanism.event()
+    return (mechanism or mechanism_for(config, plan)).event()
 
 
 def mask_post_processing_units(config: RunConfig) -> tuple[str, ...]:
@@ -167,5 +151,5 @@ def no_guarantee(config: RunConfig) -> str | None:
         if channel.trust(config.unit) == "none":
             return f"weight channel {config.weight_channel} gives no {config.unit}-level guarantee"
     if config.method == "votes" and not config.private_votes and config.unit not in mask_post_processing_units(config):
-        return "exact mask votes (epsilon-per-decision inf) are sent without privacy"
+        return "exact mask votes (mechanism exact, or its epsilon inf) are sent without privacy"
     return None

@@ -9,8 +9,8 @@ from pathlib import Path
 from fedprune import modes, run_folder
 from fedprune.config import METHODS, WEIGHT_CHANNELS, RunConfig
 from fedprune.coordinator import Coordinator
+from fedprune.privacy.mechanisms import mechanism_class
 from fedprune.privacy.rng import RandomnessSource
-from fedprune.rounds import mechanism_for
 
 
 def summary(config: RunConfig, coordinator: Coordinator, lines: list[dict], seconds: float, stopped,
@@ -52,13 +52,12 @@ def _mechanism(config: RunConfig, coordinator: Coordinator) -> dict:
     """The mask channel as the last reporting round used it (figures per decision and per report)."""
     if config.method != "votes":
         return {"name": None, "meaning": METHODS[config.method]}
-    if not config.private_votes:
-        return {"name": "exact-votes", "meaning": "masks sent exactly: no privacy for the mask channel"}
     plan = coordinator.last_report_plan
     if plan is None:
-        return {"name": config.mechanism, "epsilon_per_decision": config.epsilon_per_decision,
-                "note": "no reporting round ran"}
-    return mechanism_for(config, plan).describe()
+        cls = mechanism_class(config)
+        setting = {} if cls.epsilon_key is None else {cls.epsilon_key: getattr(config, cls.epsilon_key)}
+        return {"name": cls.name, **setting, "note": "no reporting round ran"}
+    return coordinator.mechanism(plan).describe()
 
 
 def write(folder: Path, summary: dict, lines: list[dict]) -> None:

@@ -106,19 +106,11 @@ class FedPrune(FedAvg):
             values = dict(content.config_records[protocol.REPORT]) if protocol.REPORT in content else None
         except (KeyError, TypeError, ValueError) as error:
             raise MalformedReply(f"reply records have the wrong types: {error}") from None
-        report, votes = None, None
-        if values is not None:
-            if protocol.VOTES in values:
-                votes = np.frombuffer(values[protocol.VOTES], dtype=np.uint8) \
-                    if isinstance(values[protocol.VOTES], bytes) else None
-                if votes is None:
-                    raise MalformedReply("exact votes must be bytes")
-            else:
-                report = protocol.decode_report(values)
+        report = None if values is None else protocol.decode_report(values)
         dpsgd = protocol.decode_dpsgd(metrics)
         if dpsgd is not None:
             metrics["dpsgd"] = dpsgd
-        return self.coordinator.check_reply(self.plan, weights, metrics, report, votes)
+        return self.coordinator.check_reply(self.plan, weights, metrics, report)
 
     def summary(self) -> None:
         log(INFO, "\t├──> fedprune: method %s, mechanism %s, target sparsity %s", self.coordinator.config.method,

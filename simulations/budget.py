@@ -18,7 +18,7 @@ import json
 import math
 
 from fedprune.masks import kept_count
-from fedprune.privacy.mechanisms import DESCRIPTIONS
+from fedprune.privacy.mechanisms import REGISTRY
 from fedprune.privacy.planner import BudgetPlan, kept_schedule_for, plan_budget
 from fedprune.validation import ConfigError, finite, sparsity
 from simulations import predict
@@ -38,7 +38,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--unit", default="client", help="client | record (default client)")
     parser.add_argument("--mechanism", default=None,
                         help="default randomized-response (--predict: the recorded run's; a comma list); "
-                             + "; ".join(f"{name}: {text}" for name, text in DESCRIPTIONS.items()))
+                             + "; ".join(f"{name}: {cls.description}" for name, cls in REGISTRY.items()))
     parser.add_argument("--length", type=int, default=None,
                         help=f"d, weights a mask report covers (default {DEFAULT_LENGTH}, the default CNN1D; "
                              "--predict: the recorded report's)")
@@ -107,8 +107,9 @@ def format_plan(plan: BudgetPlan) -> str:
     weights = {"clear": "sent in the clear", "no-weights": "not counted (what-if)",
                "mask-only": "never sent (mode mask-only: every round reports all d weights)"}.get(noise) \
         or f"with Gaussian noise, multiplier {noise:g} per round"
+    key = next(k for k in plan.setting if k.startswith("epsilon-per-"))  # the searched setting
     rows = [
-        ["epsilon-per-decision (run setting)", str(_down(plan.epsilon_parameter))],
+        [f"{key} (run setting)", str(_down(plan.epsilon_parameter))],
         ["epsilon per decision (one bit)", plan.epsilon_per_decision],
         [f"epsilon per report (Delta = {plan.hamming_bound})", plan.epsilon_per_report],
         ["flip probability", plan.flip_probability],
@@ -133,7 +134,7 @@ def format_plan(plan: BudgetPlan) -> str:
              "",
              markdown_table(["figure", "value"], rows),
              "",
-             "Run with: " + " ".join(f"--set {key}={_down(value) if key == 'epsilon-per-decision' else value}"
+             "Run with: " + " ".join(f"--set {key}={_down(value) if key.startswith('epsilon-per-') else value}"
                                       for key, value in plan.setting.items())]
     for warning in plan.warnings:
         lines += ["", f"WARNING: {warning}"]

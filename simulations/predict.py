@@ -29,12 +29,13 @@ import numpy as np
 from fedprune import run_folder
 from fedprune.config import RunConfig, resolve
 from fedprune.privacy import replay
+from fedprune.privacy.mechanisms import REGISTRY
 from fedprune.rounds import RoundPlan, mechanism_for
-from fedprune.validation import ConfigError
+from fedprune.validation import ConfigError, pick
 from simulations.reporting import markdown_table
 
-FREE = ("mechanism", "epsilon-per-decision", "privacy-seed", "sample-size", "budget-epsilon", "dense-baseline",
-        "run-name", "output-dir", "resume")  # settings a measured run may differ in from its reference
+FREE = ("mechanism", "epsilon-per-decision", "epsilon-per-report", "privacy-seed", "sample-size", "budget-epsilon",
+        "dense-baseline", "run-name", "output-dir", "resume")  # what a measured run may change from its reference
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,7 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--predict", nargs="+", metavar="RUN_DIR", default=None,
                        help="runs with exact votes (epsilon-per-decision = inf) or sweep folders holding them")
     group.add_argument("--epsilon-per-decision", default=None, metavar="LIST",
-                       help="run settings to predict, e.g. 8,4,2,1 (default: those of the --measured runs)")
+                       help="epsilons to predict, e.g. 8,4,2,1: each mechanism's own setting (per report for "
+                            "subset and central; default: those of the --measured runs)")
     group.add_argument("--event", type=int, default=1, help="pruning event to replay, from 1 (default 1)")
     group.add_argument("--kept-fraction", type=float, default=None,
                        help="fraction of the report's weights each client keeps (default: the recorded one)")
@@ -72,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         for name in mechanisms or [config.mechanism]:
             for eps in epsilons:
                 rows.append(_row(path, config, event, profile, name, eps, args, rng,
-                                 [(p, c) for p, c in pairs if c.mechanism == name and c.epsilon_per_decision == eps]))
+                                 [(p, c) for p, c in pairs if c.mechanism == name and _epsilon(c) == eps]))
     result = {"rows": rows, "seconds": time.perf_counter() - started}
     compared = [r["difference"] for r in rows if r["difference"] is not None]
     result["largest_difference"] = max(compared) if compared else None
@@ -99,7 +101,7 @@ def _epsilons(text, measured) -> list[float]:
     if text is None:
         if not measured:
             raise ConfigError("give --epsilon-per-decision (e.g. 8,4,2,1) or --measured runs to take them from")
-        return sorted({c.epsilon_per_decision for _, c in measured}, reverse=True)
+        return sorted({_epsilon(c) for _, c in measured}, reverse=True)
     try:
         values = [float(v) for v in str(text).split(",") if v.strip()]
     except ValueError:
@@ -107,6 +109,15 @@ def _epsilons(text, measured) -> list[float]:
     if not values or any(not v > 0 for v in values):
         raise ConfigError(f"--epsilon-per-decision values must be > 0 (inf: exact votes), got {text!r}")
     return values
+
+
+def _epsilon_key(name: str) -> str:
+    """The setting a mechanism's epsilon is (epsilon-per-report for subset and central)."""
+    return pick("mechanism", name, REGISTRY).epsilon_key or "epsilon_per_decision"
+
+
+def _epsilon(config: RunConfig) -> float:
+    return getattr(config, _epsilon_key(config.mechanism))
 
 
 def _names(text) -> list[str]:
@@ -134,16 +145,17 @@ def _same_run(reference: RunConfig, other: RunConfig) -> bool:
 
 
 def _row(path, config, event, profile, name, eps, args, rng, measured) -> dict:
-    setting = config.replace(mechanism=name, epsilon_per_decision=eps,
+    setting = config.replace(mechanism=name, **{_epsilon_key(name): eps},
                              sample_size=args.sample_size if args.sample_size is not None else config.sample_size)
     d, k = profile.length, profile.kept
     plan = RoundPlan(round=event.round, sparsity=event.sparsity, prune=True, report=True, report_length=d, kept=k,
                      hamming_bound=max(1, min(2 * k, 2 * (d - k), d)), public_seed=0)
     mechanism = mechanism_for(setting, plan)
+    private = mechanism.threat_model != "none"
     row = {"run": str(path), "mechanism": name, "epsilon_per_decision": eps, "epsilon_per_report": None,
            "clients": profile.clients, "length": d, "kept": k, "event_round": event.round, "model": "exact votes",
            "recovered": 1.0, "iou": 1.0, "replay_iou": None, "replay_sd": None}
-    if mechanism is not None:
+    if private:
         per_report = mechanism.epsilon_per_report
         row["epsilon_per_report"] = float(per_report(config.delta) if callable(per_report) else per_report)
         predicted = replay.predict(profile, mechanism)

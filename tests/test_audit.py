@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from fedprune.privacy.audit import audit, clopper_pearson
-from fedprune.privacy.mechanisms import make_mechanism
+from fedprune.privacy.mechanisms import REGISTRY
 from fedprune.privacy.mechanisms.randomized_response import OptimizedUnaryEncoding, RandomizedResponse
 from fedprune.privacy.rng import privacy_rng
 from fedprune.privacy.spec import ReportSpec
@@ -33,7 +33,7 @@ REAL = {
 @pytest.mark.parametrize("case", sorted(REAL))
 def test_audit_passes_real_mechanisms(case):
     name, spec, kw = REAL[case]
-    mech = make_mechanism(name, length=D, spec=spec, **kw)
+    mech = REGISTRY[name](length=D, spec=spec, **kw)
     result = audit(mech, rng=privacy_rng(5), trials=10000)
     assert result.passed and result.epsilon_lower_bound <= result.claimed_epsilon
     assert result.confidence == 0.999 and result.trials == 10000
@@ -75,7 +75,7 @@ def test_clopper_pearson_closed_forms():
 
 
 def test_audit_rejects_bad_settings():
-    mech = make_mechanism("randomized-response", length=D, spec=ReportSpec(hamming_bound=1), epsilon=1.0)
+    mech = REGISTRY["randomized-response"](length=D, spec=ReportSpec(hamming_bound=1), epsilon=1.0)
     with pytest.raises(ConfigError, match="delta"):
         audit(mech, rng=privacy_rng(0), delta=1e-5)
     with pytest.raises(ConfigError, match="100 trials"):

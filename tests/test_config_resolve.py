@@ -51,6 +51,7 @@ BAD = {
     "regrowth": ("maybe", "must be true or false"),
     "mechanism": ("randomised-response", "valid mechanisms: .*randomized-response"),
     "epsilon_per_decision": (0, r"must be > 0 \(inf for exact, non-private votes\)"),
+    "epsilon_per_report": (-2, r"must be > 0 \(inf for exact, non-private votes\)"),
     "delta": (1.0, r"must be in \(0, 1\)"),
     "unit": ("user", "valid units: client, record"),
     "sample_size": (-1, r"must be >= 0 \(0: every coordinate\)"),

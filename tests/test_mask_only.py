@@ -120,7 +120,7 @@ def test_a_round_uploads_one_packed_mask_sample_and_nothing_else():
     for reply in replies:
         assert len(reply.content[protocol.ARRAYS]) == 0  # no weights, scores or probabilities
         report = dict(reply.content.config_records[protocol.REPORT])
-        assert protocol.VOTES not in report and report["mechanism"] == "clipped-bernoulli"
+        assert report["mechanism"] == "clipped-bernoulli"
         assert report["setting.epsilon"] == 2.0 and report["setting.hamming_bound"] == d
         assert len(report["array.bits"]) == math.ceil(d / 8)
         wire = recorddict_to_proto(reply.content).ByteSize()  # the whole serialized reply
@@ -168,14 +168,16 @@ def test_exact_samples_at_epsilon_inf_carry_no_guarantee():
     samples = []
     for reply in replies:
         report = dict(reply.content.config_records[protocol.REPORT])
-        assert list(report) == [protocol.VOTES] and len(report[protocol.VOTES]) == math.ceil(coordinator.length / 8)
-        samples.append(np.unpackbits(np.frombuffer(report[protocol.VOTES], np.uint8), count=coordinator.length,
-                                     bitorder="little"))
+        decoded = protocol.decode_report(report)  # an ordinary report of the exact mechanism, no kept count
+        assert decoded.mechanism == "exact" and dict(decoded.settings)["threat_model"] == "none"
+        assert "kept" not in decoded.settings and decoded.bits.size == math.ceil(coordinator.length / 8)
+        samples.append(np.unpackbits(decoded.bits, count=coordinator.length, bitorder="little"))
     arrays, _ = strategy.aggregate_train(1, replies)
     flat = np.concatenate([array.numpy().reshape(-1) for array in arrays.values()])
     assert np.allclose(flat, np.mean(samples, axis=0))  # FedPM's mean of the sampled masks
     assert coordinator.epsilon() == {"record": None, "client": None}
-    assert coordinator.mechanism_summary()["name"] == "exact-samples"
+    summary = coordinator.mechanism_summary()
+    assert summary["mechanism"] == "exact" and summary["privacy"].startswith("none")
 
 
 def _report_entry(key, value):
@@ -193,7 +195,7 @@ BREAKAGES = {
     "wrong mechanism": _report_entry("mechanism", "randomized-response"),
     "wrong dtype": _report_entry("array.bits", "not bytes"),
     "wrong byte count": _report_entry("array.bits", lambda b: b[:-1]),
-    "exact votes": lambda c: c.__setitem__(protocol.REPORT, ConfigRecord({protocol.VOTES: b"\x00" * 3})),
+    "exact votes": _report_entry("mechanism", "exact"),
     "no report": lambda c: c.pop(protocol.REPORT),
 }
 
@@ -223,8 +225,7 @@ def _rounds(config, coordinator, arrays, rounds):
                 config, plan, arrays, client_data(config, client, 3), client=client,
                 generator=torch.Generator().manual_seed(1000 * round + client),
                 privacy_rng=privacy_rng(config.privacy_seed, stream=(round, client)))
-            replies.append(coordinator.check_reply(plan, result.weights, result.metrics, result.report,
-                                                   result.exact_votes))
+            replies.append(coordinator.check_reply(plan, result.weights, result.metrics, result.report))
         arrays = coordinator.aggregate(plan, replies)
     return arrays
 

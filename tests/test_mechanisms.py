@@ -12,13 +12,21 @@ import pytest
 
 from fedprune.bits import pack, unpack
 from fedprune.privacy.events import BernoulliPair, Gaussian, randomized_response
-from fedprune.privacy.mechanisms import MECHANISMS, MaskReport, epsilon_for_decision, make_mechanism
+from fedprune.privacy.mechanisms import (
+    REGISTRY,
+    MaskReport,
+    MechanismSettings,
+    OptimizedUnaryEncoding,
+    SymmetricUnaryEncoding,
+)
+from fedprune.privacy.mechanisms import build as build_from_settings
 from fedprune.privacy.mechanisms.packed import count_ones
 from fedprune.privacy.mechanisms.subset import optimal_subset_size, subset_channel
 from fedprune.privacy.rng import RandomnessSource, privacy_rng
 from fedprune.privacy.spec import ReportSpec
 from fedprune.validation import ConfigError
 
+MECHANISMS = ("central", "oue", "randomized-response", "sampling", "subset", "sue")  # the private report mechanisms
 D, K = 30, 6
 SPEC = ReportSpec.for_exactly_k(K, D)  # Delta = 12
 LOCAL = {
@@ -32,11 +40,11 @@ LOCAL = {
 
 def central(**kw):
     spec = ReportSpec(threat_model="central", hamming_bound=SPEC.hamming_bound)
-    return make_mechanism("central", length=D, spec=spec, **({"noise_multiplier": 2.0} | kw))
+    return REGISTRY["central"](length=D, spec=spec, **({"noise_multiplier": 2.0} | kw))
 
 
 def build(name):
-    return central() if name == "central" else make_mechanism(name, length=D, spec=SPEC, **LOCAL[name])
+    return central() if name == "central" else REGISTRY[name](length=D, spec=SPEC, **LOCAL[name])
 
 
 def exactly_k_masks(n, seed=0):
@@ -65,7 +73,7 @@ def test_report_spec_bounds():
     with pytest.raises(ConfigError, match="kept"):
         ReportSpec.for_exactly_k(10, 10)
     with pytest.raises(ConfigError, match="exceeds the mask length"):
-        make_mechanism("randomized-response", length=5, spec=ReportSpec(hamming_bound=6), epsilon=1.0)
+        REGISTRY["randomized-response"](length=5, spec=ReportSpec(hamming_bound=6), epsilon=1.0)
 
 
 def test_privacy_rng_seeded_streams_and_os_entropy():
@@ -88,7 +96,7 @@ def test_privacy_rng_seeded_streams_and_os_entropy():
 
 def test_randomized_response_flip_probability_and_figures():
     eps = 1.3
-    mech = make_mechanism("randomized-response", length=D, spec=SPEC, epsilon=eps)
+    mech = REGISTRY["randomized-response"](length=D, spec=SPEC, epsilon=eps)
     claimed = 1 / (1 + math.exp(eps))
     assert claimed <= mech.flip_probability <= claimed + 2**-32  # rounded up: never less noise than claimed
     assert mech.keep_report == 1 - mech.flip_probability
@@ -104,13 +112,13 @@ def test_randomized_response_flip_probability_and_figures():
 
 
 def test_unary_encodings_channels_and_figures():
-    sue = make_mechanism("sue", length=D, spec=SPEC, epsilon=2.0)
+    sue = REGISTRY["sue"](length=D, spec=SPEC, epsilon=2.0)
     assert sue.flip_probability == pytest.approx(1 / (1 + math.e), abs=2**-32)
     assert sue.epsilon_per_decision == 1.0 and sue.epsilon_per_report == 12.0
     assert sue.event().epsilon_per_coordinate == pytest.approx(1.0, abs=1e-8)
 
     eps = 1.0
-    oue = make_mechanism("oue", length=D, spec=SPEC, epsilon=eps)
+    oue = REGISTRY["oue"](length=D, spec=SPEC, epsilon=eps)
     assert oue.keep_report == 0.5
     assert 1 / (math.exp(eps) + 1) <= oue.prune_report <= 1 / (math.exp(eps) + 1) + 2**-32
     per_bit = math.log((math.exp(eps) + 1) / 2)  # the worse of ln(p/q) and ln((1-q)/(1-p))
@@ -136,7 +144,7 @@ def test_subset_sampling_central_figures():
     assert subset.event() == randomized_response(2.0, 1)
     sampling = build("sampling")
     assert sampling.epsilon_per_report == 10 * 1.0  # min(s = 10, Delta = 12) bits
-    assert make_mechanism("sampling", length=D, spec=SPEC, epsilon=0.5, sample_size=20).epsilon_per_report == 6.0
+    assert REGISTRY["sampling"](length=D, spec=SPEC, epsilon=0.5, sample_size=20).epsilon_per_report == 6.0
     assert sampling.event().count == 10
     mech = central()
     assert mech.event() == Gaussian(noise_multiplier=2.0, sensitivity=1.0)
@@ -150,14 +158,19 @@ def test_subset_sampling_central_figures():
     assert target.epsilon_per_report() == pytest.approx(1.0, rel=1e-6)
 
 
-def test_epsilon_for_decision_inverts_each_convention():
-    assert epsilon_for_decision("sue", 0.7) == 1.4
-    assert epsilon_for_decision("oue", 0.7) == pytest.approx(math.log(2 * math.exp(0.7) - 1))
-    for name in ("randomized-response", "sue", "oue", "subset", "sampling"):
-        kw = dict(LOCAL[name]) | {"epsilon": epsilon_for_decision(name, 0.7)}
-        assert make_mechanism(name, length=D, spec=SPEC, **kw).epsilon_per_decision == pytest.approx(0.7, rel=1e-12)
-    with pytest.raises(ConfigError, match="noise_multiplier"):
-        epsilon_for_decision("central", 1.0)
+def test_each_setting_means_one_thing():
+    assert SymmetricUnaryEncoding.epsilon_for_decision(0.7) == 1.4
+    assert OptimizedUnaryEncoding.epsilon_for_decision(0.7) == pytest.approx(math.log(2 * math.exp(0.7) - 1))
+    for name in ("randomized-response", "sue", "oue", "sampling"):  # epsilon-per-decision: one bit
+        mech = build_from_settings(MechanismSettings(mechanism=name, epsilon_per_decision=0.7, epsilon_per_report=9.0),
+                                   length=D, kept=K, hamming_bound=12)
+        assert mech.epsilon_per_decision == pytest.approx(0.7, rel=1e-12)
+    # epsilon-per-report: the whole report (subset), the per-report target at delta (central)
+    per_report = {"epsilon_per_decision": 9.0, "epsilon_per_report": 0.7}
+    subset = build_from_settings(MechanismSettings(mechanism="subset", **per_report), length=D, kept=K)
+    assert subset.epsilon_per_report == 0.7 and subset.spec.hamming_bound == 12
+    gauss = build_from_settings(MechanismSettings(mechanism="central", **per_report), length=D, hamming_bound=12)
+    assert gauss.epsilon_per_report(1e-5) == pytest.approx(0.7, rel=1e-6) and gauss.spec.threat_model == "central"
 
 
 def test_describe_names_trust_model_and_spec():
@@ -199,10 +212,10 @@ def test_estimate_is_unbiased_and_variance_matches(name):
 
 def test_closed_form_variances():
     eps = 1.0
-    rr = make_mechanism("randomized-response", length=D, spec=SPEC, epsilon=eps)
+    rr = REGISTRY["randomized-response"](length=D, spec=SPEC, epsilon=eps)
     expected = math.exp(eps) / (50 * (math.exp(eps) - 1) ** 2)
     assert rr.variance(50, np.array([0.0, 0.3, 1.0])) == pytest.approx([expected] * 3, rel=1e-8)
-    full = make_mechanism("sampling", length=D, spec=SPEC, epsilon=eps, sample_size=D)
+    full = REGISTRY["sampling"](length=D, spec=SPEC, epsilon=eps, sample_size=D)
     assert full.variance(50, 0.3) == pytest.approx(expected, rel=1e-8)  # s = d: plain randomized response
     mech = central()
     assert mech.variance(10, np.zeros(3)) == pytest.approx([12 * 4.0 / 100] * 3)
@@ -223,7 +236,7 @@ def test_aggregate_counts_exactly():
 
 def test_subset_channel_matches_enumeration():
     d, k, l, eps = 7, 2, 3, 1.5
-    mech = make_mechanism("subset", length=d, spec=ReportSpec.for_exactly_k(k, d), epsilon=eps, kept=k, subset_size=l)
+    mech = REGISTRY["subset"](length=d, spec=ReportSpec.for_exactly_k(k, d), epsilon=eps, kept=k, subset_size=l)
     kept = {0, 1}
     weights = {s: math.exp(eps) if kept & set(s) else 1.0 for s in itertools.combinations(range(d), l)}
     total = sum(weights.values())
@@ -254,7 +267,7 @@ def test_subset_size_minimises_variance_and_reports_l_sorted_indices():
         a, b = subset_channel(d, k, l, hit)
         return (f * a * (1 - a) + (1 - f) * b * (1 - b)) / (a - b) ** 2
     assert best == min(range(1, d - k + 1), key=mean_variance)
-    mech = make_mechanism("subset", length=d, spec=ReportSpec.for_exactly_k(k, d), epsilon=eps, kept=k)
+    mech = REGISTRY["subset"](length=d, spec=ReportSpec.for_exactly_k(k, d), epsilon=eps, kept=k)
     assert mech.subset_size == best
     rng = privacy_rng(3)
     for i in range(50):
@@ -270,13 +283,13 @@ def test_subset_size_minimises_variance_and_reports_l_sorted_indices():
 
 def test_sampling_coordinates_come_from_the_public_seed():
     mech = build("sampling")
-    again = make_mechanism("sampling", length=D, spec=SPEC, **LOCAL["sampling"])
+    again = REGISTRY["sampling"](length=D, spec=SPEC, **LOCAL["sampling"])
     at = mech.coordinates((4, 17))
     assert np.array_equal(at, again.coordinates((4, 17))) and at.size == 10 and np.all(np.diff(at) > 0)
     assert not np.array_equal(at, mech.coordinates((4, 18)))
     mask = exactly_k_masks(1)[0]
     # at a huge epsilon (flip chance 2**-32) the report is the true mask at the public coordinates
-    exact = make_mechanism("sampling", length=D, spec=SPEC, epsilon=40.0, sample_size=10)
+    exact = REGISTRY["sampling"](length=D, spec=SPEC, epsilon=40.0, sample_size=10)
     report = exact.encode(pack(mask), privacy_rng(0), public_seed=(4, 17))
     assert report.public_seed == (4, 17) and np.array_equal(unpack(report.bits, 10), mask[at])
     tally = exact.aggregate([report])
@@ -290,7 +303,7 @@ def test_sampling_coordinates_come_from_the_public_seed():
 def test_central_adds_noise_of_the_stated_std():
     d = 20000
     spec = ReportSpec(threat_model="central", hamming_bound=4)
-    mech = make_mechanism("central", length=d, spec=spec, noise_multiplier=1.5)
+    mech = REGISTRY["central"](length=d, spec=spec, noise_multiplier=1.5)
     rng = privacy_rng(8)
     masks = np.random.default_rng(0).random((5, d)) < 0.5
     reports = [mech.encode(pack(m), rng) for m in masks]
@@ -302,9 +315,9 @@ def test_central_adds_noise_of_the_stated_std():
     with pytest.raises(ConfigError, match="rng"):
         mech.aggregate(reports)
     with pytest.raises(ConfigError, match="trusted aggregator"):
-        make_mechanism("central", length=d, spec=ReportSpec(hamming_bound=4), noise_multiplier=1.0)
+        REGISTRY["central"](length=d, spec=ReportSpec(hamming_bound=4), noise_multiplier=1.0)
     with pytest.raises(ConfigError, match="not both"):
-        make_mechanism("central", length=d, spec=spec, noise_multiplier=1.0, epsilon=1.0, delta=1e-5)
+        REGISTRY["central"](length=d, spec=spec, noise_multiplier=1.0, epsilon=1.0, delta=1e-5)
 
 
 # --- reports on the wire ---------------------------------------------------------------------
@@ -329,7 +342,7 @@ def test_bad_reports_are_rejected_with_the_problem_named():
     good = mech.encode(pack(np.zeros(D, bool)), privacy_rng(0))
     wire = good.to_arrays()
     def rr_report(length=D, spec=SPEC, epsilon=1.0):
-        mech = make_mechanism("randomized-response", length=length, spec=spec, epsilon=epsilon)
+        mech = REGISTRY["randomized-response"](length=length, spec=spec, epsilon=epsilon)
         return mech.encode(pack(np.zeros(length, bool)), privacy_rng(0))
     cases = {
         "covers 38 weights": rr_report(length=D + 8),
@@ -364,19 +377,17 @@ def test_bad_masks_and_settings_are_rejected():
                          (np.zeros((2, 2), np.uint8), "1-D")]:
         with pytest.raises(ConfigError, match=message):
             mech.encode(bad, privacy_rng(0))
-    with pytest.raises(ConfigError, match="valid mechanisms: central, oue, randomized-response"):
-        make_mechanism("laplace", length=D, spec=SPEC, epsilon=1.0)
+    with pytest.raises(ConfigError, match="valid mechanisms: central, clipped-bernoulli, exact, oue, randomized-resp"):
+        build_from_settings(MechanismSettings(mechanism="laplace"), length=D, kept=K)
     for eps in (0, -1.0, float("nan"), float("inf"), "x"):
         with pytest.raises(ConfigError, match="epsilon"):
-            make_mechanism("randomized-response", length=D, spec=SPEC, epsilon=eps)
+            REGISTRY["randomized-response"](length=D, spec=SPEC, epsilon=eps)
     for delta in (0.0, 1.0, float("nan"), -0.1):
         with pytest.raises(ConfigError, match="delta"):
-            make_mechanism("randomized-response", length=D, spec=SPEC, epsilon=1.0, delta=delta)
-    with pytest.raises(ConfigError, match="noise_multiplier applies only to the 'central'"):
-        make_mechanism("randomized-response", length=D, spec=SPEC, epsilon=1.0, noise_multiplier=1.0)
+            build_from_settings(MechanismSettings(mechanism="central", delta=delta), length=D, kept=K)
     with pytest.raises(ConfigError, match="needs kept"):
-        make_mechanism("subset", length=D, spec=SPEC, epsilon=1.0)
-    with pytest.raises(ConfigError, match="optimistic"):
-        make_mechanism("oue", length=D, spec=ReportSpec(hamming_bound=4), epsilon=1.0, kept=K)
+        build_from_settings(MechanismSettings(mechanism="subset"), length=D, hamming_bound=12)
+    with pytest.raises(ConfigError, match="needs hamming_bound, or kept"):
+        build_from_settings(MechanismSettings(), length=D)
     with pytest.raises(ConfigError, match="sample_size"):
-        make_mechanism("sampling", length=D, spec=SPEC, epsilon=1.0, sample_size=D + 1)
+        REGISTRY["sampling"](length=D, spec=SPEC, epsilon=1.0, sample_size=D + 1)

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 from fedprune.bits import pack
+from fedprune.config import RunConfig
 from fedprune.privacy import events
 from fedprune.privacy.accountant import Accountant
 from fedprune.privacy.closed_form import rr_composition_epsilon
-from fedprune.privacy.mechanisms import epsilon_for_decision, make_mechanism
-from fedprune.config import RunConfig
+from fedprune.privacy.mechanisms import REGISTRY
 from fedprune.privacy.plan_request import report_sizes
 from fedprune.privacy.planner import kept_schedule_for, plan_budget
 from fedprune.privacy.recovery import predicted_recovery
@@ -32,6 +32,11 @@ D, K, DELTA = 1000, 100, 1e-5
 REALISTIC = dict(length=28096, kept=2810, clients=10, pruning_events=4)  # the default CNN1D, 10% kept
 
 
+def per_bit_parameter(name, per_decision):
+    """The mechanism's own epsilon whose per-bit figure is ``per_decision`` (SUE: eps / 2; OUE: ln((e^eps+1)/2))."""
+    return {"sue": 2 * per_decision, "oue": math.log(2 * math.exp(per_decision) - 1)}.get(name, per_decision)
+
+
 def rebuilt_epsilon(name, setting, *, events_, rounds=None, noise=None, sizes=None):
     """The worst client's epsilon for a run at ``setting``, rebuilt here as the coordinator records it.
 
@@ -42,11 +47,11 @@ def rebuilt_epsilon(name, setting, *, events_, rounds=None, noise=None, sizes=No
     for length, kept in sizes or [(D, K)] * events_:
         spec = ReportSpec.for_exactly_k(kept, length, threat_model=threat)
         if name == "central":
-            mechanisms.append(make_mechanism(name, length=length, spec=spec, epsilon=setting, delta=DELTA))
+            mechanisms.append(REGISTRY[name](length=length, spec=spec, epsilon=setting, delta=DELTA))
         else:
             extra = {"subset": {"kept": kept}, "sampling": {"sample_size": length}}.get(name, {})
-            epsilon = epsilon_for_decision(name, setting)
-            mechanisms.append(make_mechanism(name, length=length, spec=spec, epsilon=epsilon, **extra))
+            epsilon = per_bit_parameter(name, setting)
+            mechanisms.append(REGISTRY[name](length=length, spec=spec, epsilon=epsilon, **extra))
     ledger = Accountant()
     for round in range(rounds or len(mechanisms)):
         if round < len(mechanisms):
@@ -190,7 +195,7 @@ def test_the_realistic_example_says_the_error_drowns_the_signal():
         assert changes[name]["standard_error"] < plan.standard_error
     # the more-clients figure is the least that brings the error to half the signal
     need = plan.clients_needed
-    chosen = make_mechanism("randomized-response", length=28096, spec=ReportSpec.for_exactly_k(2810, 28096),
+    chosen = REGISTRY["randomized-response"](length=28096, spec=ReportSpec.for_exactly_k(2810, 28096),
                             epsilon=plan.epsilon_parameter)
     assert math.sqrt(chosen.variance(need, plan.frequency)) <= plan.signal / 2
     assert math.sqrt(chosen.variance(need - 1, plan.frequency)) > plan.signal / 2
@@ -227,8 +232,8 @@ def test_predicted_recovery_matches_the_real_mechanism(name, epsilon):
     threat = "central" if name == "central" else "local"
     spec = ReportSpec.for_exactly_k(K, D, threat_model=threat)
     extra = {"subset": {"kept": K}, "central": {"delta": DELTA}}.get(name, {})
-    setting = plan.epsilon_parameter if name == "central" else epsilon_for_decision(name, plan.epsilon_parameter)
-    mechanism = make_mechanism(name, length=D, spec=spec, epsilon=setting, **extra)
+    setting = plan.epsilon_parameter if name == "central" else per_bit_parameter(name, plan.epsilon_parameter)
+    mechanism = REGISTRY[name](length=D, spec=spec, epsilon=setting, **extra)
     rng = privacy_rng(1234)
     packed = [pack(mask) for mask in masks]
     overlaps = []
@@ -255,7 +260,7 @@ def test_normal_recovery_against_monte_carlo():
     ({"epsilon": math.nan}, "must be finite.*total"), ({"epsilon": math.inf}, "must be finite"),
     ({"delta": 0.0}, r"delta must be in \(0, 1\).*e\.g\. 1e-5"), ({"delta": 1.0}, r"delta must be in \(0, 1\)"),
     ({"kept": 0}, r"kept \(k\) must be an integer in \[1, 999\]"), ({"kept": D}, r"in \[1, 999\]"),
-    ({"mechanism": "laplace"}, "unknown mechanism 'laplace'; valid mechanisms: central, oue, randomized-response"),
+    ({"mechanism": "laplace"}, "unknown mechanism 'laplace'; valid mechanisms: central, clipped-bernoulli, exact, oue, randomized-response"),
     ({"unit": "user"}, "valid units: record, client"), ({"weight_noise": "loud"}, "one of clear, no-weights, mask-only"),
     ({"weight_noise": -1.0}, "must be > 0"), ({"rounds": 1, "pruning_events": 2}, "at least the pruning events"),
     ({"sample_size": 10}, "only to the sampling mechanism"), ({"agreement": 0.05}, r"must lie in \(0.1, 1\]"),
@@ -320,3 +325,14 @@ def test_mask_only_mode_is_planned_as_every_weight_every_round():
     with pytest.raises(ConfigError, match="randomized response only"):
         plan_budget(8.0, DELTA, length=200, kept=100, clients=10, rounds=3, mechanism="subset", weight_noise="mask-only")
     assert all("infeasible" not in s for s in plan.suggestions)
+
+
+@pytest.mark.parametrize("name, key", [("subset", "epsilon-per-report"), ("central", "epsilon-per-report"),
+                                       ("sue", "epsilon-per-decision")])
+def test_the_plan_names_the_setting_it_searched(name, key):
+    plan = plan_budget(8.0, DELTA, length=D, kept=K, clients=100, mechanism=name, weight_noise="no-weights",
+                       suggest=False)
+    assert plan.setting[key] == plan.epsilon_parameter
+    assert [k for k in plan.setting if k.startswith("epsilon-per-")] == [key]
+    with pytest.raises(ConfigError, match="no epsilon setting to plan"):
+        plan_budget(8.0, DELTA, length=D, kept=K, clients=100, mechanism="exact")

@@ -11,7 +11,7 @@ from fedprune.aggregation import select_mask
 from fedprune.bits import pack
 from fedprune.config import RunConfig
 from fedprune.privacy import replay
-from fedprune.privacy.mechanisms import ReportSpec, make_mechanism
+from fedprune.privacy.mechanisms import REGISTRY, ReportSpec
 from fedprune.privacy.recovery import predicted_recovery_counts
 from fedprune.rounds import RoundPlan
 from fedprune.validation import ConfigError
@@ -36,7 +36,7 @@ def mechanism(name, epsilon, d=D, k=K):
     extra = {"kept": k} if name == "subset" else {"delta": 1e-5} if name == "central" else {}
     if name == "sampling":
         extra = {"sample_size": d}
-    return make_mechanism(name, length=d, spec=spec, epsilon=epsilon, **extra)
+    return REGISTRY[name](length=d, spec=spec, epsilon=epsilon, **extra)
 
 
 @pytest.mark.parametrize("name, epsilon", [("randomized-response", 0.5), ("randomized-response", 1.0),
@@ -62,7 +62,7 @@ def test_recovery_grows_with_epsilon_to_the_exact_mask():
 
 def test_partial_sampling_has_no_closed_law_and_is_replayed():
     profile = synthetic_profile()
-    sampling = make_mechanism("sampling", length=D, spec=ReportSpec.for_exactly_k(K, D), epsilon=2.0, sample_size=300)
+    sampling = REGISTRY["sampling"](length=D, spec=ReportSpec.for_exactly_k(K, D), epsilon=2.0, sample_size=300)
     assert replay.predict(profile, sampling) is None
     assert 0 < replay.replay(profile, sampling, 3, np.random.default_rng(0)).mean() < 1
 
@@ -191,7 +191,7 @@ def test_a_real_exact_run_records_votes_that_select_its_mask(tmp_path):
     profile = replay.profile_of(event)  # checks that the counts and tie-break select the run's own mask
     assert event.round == 1 and event.clients == 3 and profile.counts.sum() == 3 * event.kept
     assert event.mask.mean() == pytest.approx(0.5, abs=1e-3)
-    rr = make_mechanism("randomized-response", length=profile.length,
+    rr = REGISTRY["randomized-response"](length=profile.length,
                         spec=ReportSpec.for_exactly_k(profile.kept, profile.length), epsilon=2.0)
     draws = replay.replay(profile, rr, 10, np.random.default_rng(0))
     assert abs(replay.predict(profile, rr)["iou"] - draws.mean()) < 0.015

@@ -147,7 +147,7 @@ def test_a_taylor_mask_reads_raw_gradients_and_is_charged():
     ({"weight_channel": "server-clipping"}, ("central", "everyone but the server"),
      ("central", "everyone but the server")),
     ({"weight_channel": "dpsgd"}, ("local", "everyone, the server included"), ("none", "no one")),
-    ({"weight_channel": "server-clipping", "mechanism": "central", "epsilon_per_decision": 50.0},
+    ({"weight_channel": "server-clipping", "mechanism": "central", "epsilon_per_report": 50.0},
      ("central", "everyone but the server"), ("central", "everyone but the server")),
     ({"mode": "mask-only", "target_sparsity": 0.5}, ("local", "everyone, the server included"),
      ("local", "everyone, the server included")),

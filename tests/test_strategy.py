@@ -24,7 +24,7 @@ def test_private_round_sends_only_encoded_masks_and_prunes():
     replies = [client_reply(m, i) for i, m in enumerate(messages)]
     for reply in replies:
         report = dict(reply.content.config_records[protocol.REPORT])
-        assert protocol.VOTES not in report  # never the exact mask
+        assert report["mechanism"] != "exact"  # never the exact mask
         assert report["mechanism"] == "randomized-response" and report["setting.epsilon"] == 1.0
         assert protocol.decode_report(report).bits.size == (strategy.plan.report_length + 7) // 8
     arrays, metrics = strategy.aggregate_train(1, replies)
@@ -36,13 +36,27 @@ def test_private_round_sends_only_encoded_masks_and_prunes():
     assert coordinator.epsilon(mask_channel=True)["client"] > 0
 
 
-def test_exact_votes_rounds_are_counted_as_unprotected():
-    config = small_config(epsilon_per_decision=float("inf"))
+@pytest.mark.parametrize("change", [{"epsilon_per_decision": float("inf")}, {"mechanism": "exact"}])
+def test_exact_votes_rounds_are_counted_as_unprotected(change):
+    config = small_config(**change)
     coordinator, strategy, messages = setup(config)
     replies = [client_reply(m, i) for i, m in enumerate(messages)]
-    assert all(protocol.VOTES in reply.content.config_records[protocol.REPORT] for reply in replies)
+    for reply in replies:  # an ordinary mask report of the exact mechanism: the true mask, kept count checked
+        report = protocol.decode_report(dict(reply.content.config_records[protocol.REPORT]))
+        assert report.mechanism == "exact" and report.settings["kept"] == strategy.plan.kept
     strategy.aggregate_train(1, replies)
     assert coordinator.epsilon(mask_channel=True) == {"record": None, "client": None}
+
+
+def test_the_round_mechanism_is_built_once_per_round(monkeypatch):
+    from fedprune.privacy import mechanisms
+    coordinator, strategy, messages = setup(small_config())
+    replies = [client_reply(m, i) for i, m in enumerate(messages)]
+    built = []
+    real = mechanisms.build
+    monkeypatch.setattr(mechanisms, "build", lambda *a, **kw: built.append(1) or real(*a, **kw))
+    _, metrics = strategy.aggregate_train(1, replies)
+    assert metrics["valid-replies"] == 4 and len(built) == 1  # checks and tally of four replies, one build
 
 
 BREAKAGES = {

@@ -19,13 +19,13 @@ from fedprune.data import make_loader
 from fedprune.local import client_data, new_model
 from fedprune.masks import prunable_parameters
 from fedprune.privacy.audit import audit
-from fedprune.privacy.mechanisms import RandomizedResponse
+from fedprune.privacy.mechanisms import ExactVotes, RandomizedResponse
+from fedprune.privacy.mechanisms.clipped_bernoulli import ClippedBernoulli, clipped_sample
 from fedprune.privacy.mechanisms.packed import SCALE, threshold
 from fedprune.privacy.mechanisms.randomized_response import flip_probability
 from fedprune.privacy.rng import privacy_rng
 from fedprune.privacy.spec import ReportSpec
-from fedprune.supermask import (ClippedBernoulli, ScoreModel, _frozen, clipped_sample, exact_sample, frozen_state,
-                                initial_scores, solve_shift)
+from fedprune.supermask import ScoreModel, _frozen, frozen_state, initial_scores, solve_shift
 from fedprune.training import TrainConfig
 from fedprune.validation import ConfigError
 
@@ -119,7 +119,8 @@ def test_sampler_clips_to_the_randomized_response_range(epsilon):
 
 
 def test_exact_samples_are_unclipped():
-    draws = unpack(exact_sample(np.array([0.0, 1.0] * 500), privacy_rng(2)), 1000)
+    exact = ExactVotes(length=1000, spec=ReportSpec(threat_model="none", hamming_bound=1000))
+    draws = unpack(exact.sample(np.array([0.0, 1.0] * 500), privacy_rng(2)).bits, 1000)
     assert not draws[::2].any() and draws[1::2].all()
 
 

@@ -17,11 +17,11 @@ bound exceeds the claimed eps with probability at most ``1 - confidence`` (defau
 mechanism that flips too rarely for its claim (a larger true eps) is caught once the trials pin
 P_A(E) / P_B(E) above e^eps: with the defaults, a per-report claim of 1 against a true 1.5 is.
 
-Worst-case pairs: bit mechanisms (randomized response, SUE, OUE, sampling, central) compare
-A = ones on Delta coordinates (min(s, Delta) sampled ones for sampling, under one fixed public
-seed) with B = zeros there, scored by the sum of those coordinates of the output: for OUE that
-is the direction in which a bit costs the most. ``subset`` compares the kept sets
-{0..k-1} and {d-k..d-1}, scored +1 if the reported subset meets A only, -1 if B only.
+Worst-case pairs, each mechanism's own (``Mechanism.audit_pair``): bit mechanisms (randomized
+response, SUE, OUE, sampling, central, exact) compare A = ones on Delta coordinates (min(s, Delta)
+sampled ones for sampling, under one fixed public seed) with B = zeros there, scored by the sum
+of those coordinates of the output: for OUE that is the direction in which a bit costs the most.
+``subset`` compares the kept sets {0..k-1} and {d-k..d-1}, scored +1 if the reported subset meets A only, -1 if B only.
 The bound for Delta > 1 is far below Delta eps with feasible trial counts; audits that aim
 to be tight use Delta = 1 or 2.
 """
@@ -33,12 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import beta
 
-from fedprune.bits import pack, unpack
 from fedprune.privacy.mechanisms.base import Mechanism
-from fedprune.privacy.mechanisms.central import CentralGaussian
-from fedprune.privacy.mechanisms.randomized_response import BinaryReports
-from fedprune.privacy.mechanisms.sampling import CoordinateSampling
-from fedprune.privacy.mechanisms.subset import SubsetSelection
 from fedprune.privacy.rng import check_generator
 from fedprune.validation import ConfigError, positive_int, probability
 
@@ -141,42 +136,10 @@ def _pick_event(scores_a, scores_b, alpha, delta) -> tuple[float, bool]:
 
 
 def _scenario(mechanism, rng, delta, public_seed):
-    """(packed A, packed B, score(report), claimed per-report eps, delta) for the worst-case pair."""
-    d = mechanism.length
-    if isinstance(mechanism, CentralGaussian):
-        delta = probability("delta", delta if delta is not None else (mechanism.delta or 1e-5))
-        claimed = mechanism.epsilon_per_report(delta)
-    elif delta is not None:
-        raise ConfigError(f"{mechanism.name!r} is a pure-eps mechanism: leave delta unset")
-    else:
-        delta, claimed = 0.0, mechanism.epsilon_per_report
-    if isinstance(mechanism, SubsetSelection):
-        k = mechanism.kept
-        in_a, in_b = np.zeros(d, dtype=bool), np.zeros(d, dtype=bool)
-        in_a[:k], in_b[d - k:] = True, True
-
-        def score(report):
-            return float(in_a[report.indices].any()) - float(in_b[report.indices].any())
-        return pack(in_a), pack(in_b), score, claimed, delta
-    if isinstance(mechanism, CoordinateSampling):
-        changed = mechanism.reported_changes
-        at = mechanism.coordinates(public_seed)[:changed]
-        positions = np.arange(changed)  # the report's bits follow the sorted sampled coordinates
-        count = mechanism.sample_size
-    elif isinstance(mechanism, (BinaryReports, CentralGaussian)):
-        at = positions = np.arange(mechanism.spec.hamming_bound)
-        count = d
-    else:
-        raise ConfigError(f"no audit scenario for {type(mechanism).__name__}")
-    ones = np.zeros(d, dtype=bool)
-    ones[at] = True
-    if isinstance(mechanism, CentralGaussian):
-        def score(report):
-            return float(mechanism.aggregate([report], rng).sums[at].sum())
-    else:
-        def score(report):
-            return float(unpack(report.bits, count)[positions].sum())
-    return pack(ones), pack(np.zeros(d, dtype=bool)), score, claimed, delta
+    """(packed A, packed B, score(report), claimed per-report eps, delta): the mechanism's own worst-case pair."""
+    claimed, delta = mechanism.audit_claim(delta)
+    mask_a, mask_b, score = mechanism.audit_pair(rng, public_seed)
+    return mask_a, mask_b, score, claimed, delta
 
 
 def describe_rate(confidence: float) -> str:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fedprune.privacy.mechanisms import MECHANISMS
+from fedprune.privacy.mechanisms import REGISTRY
 from fedprune.validation import ConfigError, finite, pick, positive, probability
 
 UNITS = ("record", "client")
@@ -41,7 +41,9 @@ def check_request(r: dict) -> dict:
     r["delta"] = _fixed(probability, "delta", r["delta"], "pass the delta of the guarantee, e.g. 1e-5")
     if r["unit"] not in UNITS:
         raise ConfigError(f"unknown unit {r['unit']!r}; valid units: {', '.join(UNITS)}")
-    pick("mechanism", r["mechanism"], MECHANISMS)
+    if pick("mechanism", r["mechanism"], REGISTRY).epsilon_key is None:
+        raise ConfigError(f"mechanism {r['mechanism']!r} has no epsilon setting to plan (no privacy); plan one of: "
+                          f"{', '.join(n for n, c in REGISTRY.items() if c.epsilon_key)}")
     d = r["length"] = _integer("length (d, the weights a mask covers)", r["length"], 2)
     k = r["kept"]
     if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= k <= d - 1:

@@ -1,10 +1,11 @@
 """The budget planner: the per-report setting that spends exactly a total (eps, delta), and its error.
 
-The ledger. ``plan_budget`` searches the run's ``epsilon-per-decision`` setting (for ``central``, the
-per-report epsilon at delta that fixes the noise multiplier) until the real
+The ledger. ``plan_budget`` searches the run's setting that fixes the mechanism's epsilon (its
+``epsilon_key``: ``epsilon-per-decision`` for per-bit mechanisms, ``epsilon-per-report`` for subset and,
+at delta, central) until the real
 :class:`~fedprune.privacy.accountant.Accountant` reports the target for the ledger a run keeps
 (``fedprune.coordinator``) for its worst client, who takes part in every round: in each pruning
-event the mechanism's ``event()`` (built as ``fedprune.rounds.mechanism_for`` builds it), and per
+event the mechanism's ``event()`` (built by ``fedprune.privacy.mechanisms.build``, as a run builds it), and per
 round a weight-channel release: the events of ``weight_channel.NoisedMean`` at the given noise
 multiplier (a run's server-clipping or client-clipping DP-FedAvg: a Gaussian of sensitivity 2 on the
 sum, whatever the reply count; trust model central), nothing (``no-weights``, a what-if; ``mask-only``, the
@@ -51,12 +52,12 @@ from fedprune.privacy.accountant import Accountant
 from fedprune.privacy.closed_form import analytic_gaussian_sigma
 from fedprune.privacy.plan_request import UNITS, WEIGHT_CHANNELS, check_request
 from fedprune.privacy.recovery import recovery
-from fedprune.privacy.mechanisms import Mechanism, epsilon_for_decision, make_mechanism
+from fedprune.privacy.mechanisms import REGISTRY, Mechanism, MechanismSettings, build
 from fedprune.privacy.spec import ReportSpec
 from fedprune.privacy.trust import holds_against, weakest
 from fedprune.validation import ConfigError, probability, sparsity
 
-SETTING_RANGE = (1e-8, 20.0)  # searched epsilon-per-decision: below, reports are noise; above, no privacy
+SETTING_RANGE = (1e-8, 20.0)  # searched epsilon setting: below, reports are noise; above, no privacy
 
 
 @dataclass(frozen=True)
@@ -67,8 +68,8 @@ class BudgetPlan:
     mechanism: str
     trust_model: str                # the mask channel's, as the mechanism states it
     trust: dict                     # trust model per channel and end to end (weakest), and whom it holds against
-    setting: dict                   # the run-config keys that carry the plan out (mechanism, epsilon-per-decision, ...)
-    epsilon_parameter: float        # the searched value of epsilon-per-decision
+    setting: dict                   # the run-config keys that carry the plan out (mechanism, epsilon-per-..., ...)
+    epsilon_parameter: float        # the searched value of the mechanism's epsilon setting (setting names its key)
     spent: dict                     # epsilon at delta: end_to_end (None: no guarantee), mask_channel, weight_channel
     event: int                      # the pruning event (from 1) the figures below describe: the worst one
     hamming_bound: int
@@ -173,17 +174,14 @@ def kept_schedule_for(length: int, sparsities: Sequence[float]) -> list[int]:
 
 def build_mechanism(name: str, setting: float, *, length: int, kept: int, delta: float, unit: str = "client",
                     sample_size: int | None = None, hamming_bound: int | None = None) -> Mechanism:
-    """The mechanism a run builds at ``epsilon-per-decision`` = ``setting`` (as ``rounds.mechanism_for`` does).
+    """The mechanism a run builds with its epsilon setting (``epsilon_key``) = ``setting``.
 
     ``hamming_bound``: Delta where reports are not exactly-k masks (mask-only: d).
     """
-    threat = "central" if name == "central" else "local"
-    spec = (ReportSpec.for_exactly_k(kept, length, unit=unit, threat_model=threat) if hamming_bound is None
-            else ReportSpec(unit=unit, threat_model=threat, hamming_bound=hamming_bound))
-    extra = {"subset": {"kept": kept}, "sampling": {"sample_size": sample_size or length},
-             "central": {"delta": delta}}.get(name, {})
-    epsilon = setting if name == "central" else epsilon_for_decision(name, setting)
-    return make_mechanism(name, length=length, spec=spec, epsilon=epsilon, **extra)
+    key = REGISTRY[name].epsilon_key
+    settings = MechanismSettings(mechanism=name, delta=delta, unit=unit, sample_size=sample_size or 0,
+                                 **({} if key is None else {key: setting}))
+    return build(settings, length=length, kept=kept, hamming_bound=hamming_bound)
 
 
 def run_ledger(mechanisms: Sequence[Mechanism], *, rounds: int, weight_noise) -> tuple[Accountant, Accountant]:
@@ -279,8 +277,9 @@ def _search(measure, request: dict, tolerance: float) -> float:
         if spent(hi) >= target * (1 - tolerance):
             return hi
         if hi >= most:
+            key = _key(REGISTRY[request["mechanism"]])
             raise ConfigError(f"the budget cannot be spent: the least private setting ({request['mechanism']} at "
-                              f"epsilon-per-decision {most:g}) spends only {spent(hi):.4g}; ask for epsilon <= "
+                              f"{key} {most:g}) spends only {spent(hi):.4g}; ask for epsilon <= "
                               f"{spent(hi):.4g} (every setting up to it stays within the budget)")
         lo, hi = hi, min(hi * 4, most)
     best = [lo, spent(lo)]
@@ -307,12 +306,12 @@ class _Found(Exception):
 
 def _first_guess(request) -> float:
     """Basic composition's share of the budget per pure coordinate: near the answer for local mechanisms."""
-    name, size = request["mechanism"], request["sample_size"]
+    cls, size = REGISTRY[request["mechanism"]], request["sample_size"]
     coordinates = 0
     for d, k in request["sizes"]:
         bound = request["hamming_bound"] or ReportSpec.for_exactly_k(k, d).hamming_bound
-        coordinates += {"subset": 1, "central": 1, "sampling": min(size or d, bound)}.get(name, bound)
-    return request["epsilon"] / coordinates * (2 if name == "sue" else 1)
+        coordinates += cls.report_coordinates(d, bound, size)
+    return request["epsilon"] / coordinates
 
 
 def _infeasible(request, least: float, weights: float | None) -> str:
@@ -358,7 +357,7 @@ def _clients_needed(mechanism, n: int, frequency: float, goal: float) -> int:
 
 def _run_setting(mechanism, parameter: float, request, guaranteed: bool) -> dict:
     """The run-config keys (kebab-case) that carry the plan out."""
-    setting = {"mechanism": mechanism.name, "epsilon-per-decision": parameter, "delta": request["delta"],
+    setting = {"mechanism": mechanism.name, _key(type(mechanism)): parameter, "delta": request["delta"],
                "unit": request["unit"]}
     if mechanism.name == "sampling":
         setting["sample-size"] = mechanism.sample_size
@@ -372,6 +371,11 @@ def _run_setting(mechanism, parameter: float, request, guaranteed: bool) -> dict
     if guaranteed:  # the run then stops before a round would overspend (with no guarantee it could not start)
         setting["budget-epsilon"] = request["epsilon"]
     return setting
+
+
+def _key(cls) -> str:
+    """The run-config key (kebab-case) of the setting the planner searches for mechanism class ``cls``."""
+    return cls.epsilon_key.replace("_", "-")
 
 
 def _truth(request, d: int, k: int) -> np.ndarray:

@@ -86,20 +86,9 @@ def count_law(kept_by: int, n: int, a: float, b: float) -> tuple[int, np.ndarray
     return s1 + s2, np.convolve(p1, p2)
 
 
-def channel(mechanism) -> tuple[float, float] | None:
-    """(P(report 1 | kept), P(report 1 | pruned)) when the estimate is a rising function of one count."""
-    if mechanism.name == "sampling":
-        if mechanism.sample_size != mechanism.length:
-            return None
-        return 1 - mechanism.flip_probability, mechanism.flip_probability  # randomized response
-    if hasattr(mechanism, "keep_report"):
-        return mechanism.keep_report, mechanism.prune_report
-    return None
-
-
 def recovery(mechanism, truth, n: int, k: int) -> tuple[float, str]:
     """Predicted top-k recovery of ``mechanism`` from n reports: exact count law where it applies, else normal."""
-    pair = channel(mechanism)
+    pair = mechanism.count_channel
     value = None if pair is None else predicted_recovery_counts(truth, n, *pair, k)
     if value is not None:
         return value, "exact counts"

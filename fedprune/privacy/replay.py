@@ -44,7 +44,7 @@ from scipy.stats import norm
 
 from fedprune.aggregation import select_mask
 from fedprune.bits import pack, unpack
-from fedprune.privacy.recovery import channel, predicted_recovery, predicted_recovery_counts
+from fedprune.privacy.recovery import predicted_recovery, predicted_recovery_counts
 from fedprune.run_folder import VOTES
 from fedprune.validation import ConfigError
 
@@ -237,7 +237,7 @@ def predict(profile: Profile, mechanism) -> dict | None:
         recovered = predicted_recovery(profile.frequencies, sigma, profile.kept, tie_break=profile.tie_break)
         model = "normal (Gaussian sums)"
     else:
-        pair = channel(mechanism)
+        pair = mechanism.count_channel
         recovered = None if pair is None else predicted_recovery_counts(
             profile.frequencies, profile.clients, *pair, profile.kept, tie_break=profile.tie_break)
         if recovered is None:

@@ -7,8 +7,8 @@ figure is never read without the assumptions it rests on (DESIGN.md, "Privacy").
   client). A mask is an unstable function of the data (one record can change it entirely),
   so the mask channel costs the same in both units; the unit says what the ledger records.
 - ``threat_model``: ``"local"`` (the server is not trusted: each report is privatized on the
-  client) or ``"central"`` (a trusted aggregator or secure aggregation sees exact votes and
-  adds the noise to their sum).
+  client), ``"central"`` (a trusted aggregator or secure aggregation sees exact votes and
+  adds the noise to their sum) or ``"none"`` (exact votes: no privacy).
 - ``hamming_bound`` (Delta): the most bits in which two masks a client could report differ.
   Masks of exactly k kept weights out of d differ in at most 2 min(k, d - k) bits;
   unconstrained masks in all d.
@@ -22,10 +22,11 @@ from typing import Literal
 
 from fedprune.validation import ConfigError
 
-ThreatModel = Literal["local", "central"]
+ThreatModel = Literal["local", "central", "none"]
 THREAT_MODELS: dict[str, str] = {
     "local": "untrusted server: each report is privatized on the client (local DP)",
     "central": "trusted aggregator or secure aggregation: noise is added to the sum of exact votes (central DP)",
+    "none": "no privacy: exact masks are sent, whoever sees a report learns the mask",
 }
 REPORT_UNITS: dict[str, str] = {
     "client": "a client's whole data",

@@ -12,6 +12,7 @@ from __future__ import annotations
 from fedprune import protocol
 from fedprune.config import RunConfig
 from fedprune.privacy.accountant import Accountant
+from fedprune.privacy.mechanisms import mechanism_class
 from fedprune.privacy.trust import TRUST_MODELS, holds_against, weakest
 from fedprune.privacy.weight_channel import WeightChannel
 from fedprune.rounds import mask_post_processing_units
@@ -26,7 +27,7 @@ def channel_trust(config: RunConfig, channel: WeightChannel | None) -> dict[str,
         out["weights"] = {unit: channel.trust(unit) for unit in UNITS}
     if config.method == "votes":
         free = mask_post_processing_units(config) if channel is not None else ()
-        reported = ("none" if not config.private_votes else "central" if config.mechanism == "central" else "local")
+        reported = mechanism_class(config).threat_model
         out["mask"] = {unit: channel.trust(unit) if unit in free else reported for unit in UNITS}
     out["metrics"] = {unit: _metrics_trust(channel, unit) for unit in UNITS}
     return out

@@ -19,7 +19,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-from fedprune.bits import check_packed
+from fedprune.bits import check_packed, pack, unpack
 from fedprune.privacy.events import Event
 from fedprune.privacy.rng import check_generator
 from fedprune.privacy.spec import ReportSpec
@@ -88,7 +88,7 @@ class MaskReport:
         return out
 
     @classmethod
-    def from_arrays(cls, data: Mapping[str, object]) -> "MaskReport":
+    def from_arrays(cls, data: Mapping[str, object]) -> MaskReport:
         """Rebuild a report from ``to_arrays`` output; fails on a missing, unknown or mistyped entry."""
         if not isinstance(data, Mapping):
             raise ConfigError(f"a mask report must be a mapping, got {type(data).__name__}")
@@ -141,11 +141,16 @@ class VoteTally:
 class Mechanism(ABC):
     """A randomizer for mask reports plus the server's unbiased estimator and its privacy figures.
 
-    Subclasses set ``name``, ``trust_model`` and implement ``_encode``, ``_check_payload``,
-    ``_tally``, ``estimate``, ``variance``, the epsilon figures and ``event``.
+    Subclasses set ``name``, ``description``, ``threat_model`` (``"local"``, ``"central"`` or
+    ``"none"``), ``epsilon_key`` (the run setting that fixes their epsilon, None if none does) and
+    implement ``from_settings``, ``_encode``, ``_check_payload``, ``_tally``, ``estimate``,
+    ``variance``, the epsilon figures and ``event``; ``registry.register`` makes them buildable by name.
     """
 
     name: str = ""
+    description: str = ""
+    threat_model: str = "local"
+    epsilon_key: str | None = "epsilon_per_decision"
     trust_model: str = ("local: the report is privatized on the client; the server and everyone "
                         "who sees the report learn only what the stated epsilon allows")
 
@@ -157,6 +162,26 @@ class Mechanism(ABC):
         self.length = int(length)
         spec.check_length(self.length)
         self.spec = spec
+
+    @classmethod
+    @abstractmethod
+    def from_settings(cls, config, *, length: int, kept: int | None, hamming_bound: int) -> Mechanism:
+        """This mechanism as a run with settings ``config`` builds it for one round's reports.
+
+        ``config``: a ``fedprune.config.RunConfig`` or any object with the fields it reads (see
+        ``registry.MechanismSettings``); ``length`` coordinates per report, ``kept`` of them kept
+        by every mask (None: no constraint), ``hamming_bound`` Delta.
+        """
+
+    @classmethod
+    def spec_for(cls, config, hamming_bound: int) -> ReportSpec:
+        """The report spec of a run's reports: its unit, this mechanism's threat model, Delta."""
+        return ReportSpec(unit=config.unit, threat_model=cls.threat_model, hamming_bound=hamming_bound)
+
+    @classmethod
+    def report_coordinates(cls, length: int, hamming_bound: int, sample_size: int | None) -> float:
+        """Coordinates whose per-decision losses one report adds up to (the planner's first guess)."""
+        return hamming_bound
 
     # --- settings and reports ------------------------------------------------------------
 
@@ -233,7 +258,32 @@ class Mechanism(ABC):
     def variance(self, n: int, frequency) -> np.ndarray:
         """Variance of ``estimate`` per coordinate, for ``n`` reports and true keep-frequency ``frequency``."""
 
+    @property
+    def count_channel(self) -> tuple[float, float] | None:
+        """(P(count +1 | kept), P(count +1 | pruned)) when each coordinate's tally is one count, else None."""
+        return None
+
     # --- privacy -------------------------------------------------------------------------
+
+    def audit_claim(self, delta: float | None) -> tuple[float, float]:
+        """(claimed per-report epsilon, delta) an audit tests; pure-eps mechanisms take no delta."""
+        if delta is not None:
+            raise ConfigError(f"{self.name!r} is a pure-eps mechanism: leave delta unset")
+        return self.epsilon_per_report, 0.0
+
+    def audit_pair(self, rng: np.random.Generator, public_seed) -> tuple[np.ndarray, np.ndarray, object]:
+        """(packed mask A, packed mask B, score(report)) for the audit: worst-case neighbours and a statistic.
+
+        Default, for bit reports: A = ones on the first Delta coordinates, B = zeros, scored by the
+        sum of those coordinates of the report.
+        """
+        at = np.arange(self.spec.hamming_bound)
+        ones = np.zeros(self.length, dtype=bool)
+        ones[at] = True
+
+        def score(report):
+            return float(unpack(report.bits, self.length)[at].sum())
+        return pack(ones), pack(np.zeros(self.length, dtype=bool)), score
 
     @abstractmethod
     def event(self) -> Event:
@@ -261,7 +311,7 @@ def check_epsilon(epsilon, name: str = "epsilon") -> float:
         raise ConfigError(f"{name} must be a number, got {epsilon!r}") from None
     if math.isnan(value) or math.isinf(value) or value <= 0:
         raise ConfigError(f"{name} must be finite and > 0, got {epsilon!r} (for exact, non-private votes use "
-                          "no mechanism at all)")
+                          "mechanism exact)")
     return value
 
 

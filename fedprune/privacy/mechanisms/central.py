@@ -20,17 +20,29 @@ import math
 import numpy as np
 
 from fedprune.privacy.events import Gaussian
-from fedprune.privacy.mechanisms.base import (MaskReport, Mechanism, VoteTally, check_count, check_epsilon,
-                                              check_frequency, check_packed)
+from fedprune.privacy.mechanisms.base import (
+    MaskReport,
+    Mechanism,
+    VoteTally,
+    check_count,
+    check_epsilon,
+    check_frequency,
+    check_packed,
+)
 from fedprune.privacy.mechanisms.packed import count_ones
+from fedprune.privacy.mechanisms.registry import register
 from fedprune.privacy.rng import check_generator
 from fedprune.validation import ConfigError, positive, probability
 
 
+@register
 class CentralGaussian(Mechanism):
     """Exact votes, Gaussian noise of std sigma sqrt(Delta) on each vote sum, added by a trusted aggregator."""
 
     name = "central"
+    description = "exact votes; a trusted aggregator adds Gaussian noise to the sums (stronger trust assumption)"
+    threat_model = "central"
+    epsilon_key = "epsilon_per_report"
     trust_model = ("central: clients send their EXACT masks; the guarantee holds only if the aggregator that adds "
                    "the noise is trusted, or secure aggregation reveals nothing but the sum; anyone who sees a "
                    "single report learns that client's mask")
@@ -52,6 +64,16 @@ class CentralGaussian(Mechanism):
             noise_multiplier = analytic_gaussian_sigma(check_epsilon(epsilon), self.delta)
         self.noise_multiplier = positive("noise_multiplier", noise_multiplier)
         self.noise_std = self.noise_multiplier * math.sqrt(self.spec.hamming_bound)
+
+    @classmethod
+    def from_settings(cls, config, *, length, kept, hamming_bound):
+        """sigma from the run's per-report target ``epsilon-per-report`` at its ``delta``."""
+        return cls(length=length, spec=cls.spec_for(config, hamming_bound), delta=config.delta,
+                   epsilon=check_epsilon(config.epsilon_per_report, "epsilon-per-report"))
+
+    @classmethod
+    def report_coordinates(cls, length, hamming_bound, sample_size):
+        return 1  # the setting is the per-report figure
 
     def _parameters(self):
         return {"noise_multiplier": self.noise_multiplier}
@@ -80,6 +102,20 @@ class CentralGaussian(Mechanism):
         f = check_frequency(frequency)
         n = check_count(n)
         return np.full(f.shape, self.noise_std**2 / n**2)
+
+    def audit_claim(self, delta):
+        """The per-report epsilon at ``delta`` (default: the mechanism's own, else 1e-5)."""
+        delta = probability("delta", delta if delta is not None else (self.delta or 1e-5))
+        return self.epsilon_per_report(delta), delta
+
+    def audit_pair(self, rng, public_seed):
+        """A = ones on Delta coordinates, B = zeros; score: the noisy sum over them after aggregation."""
+        packed_a, packed_b, _ = super().audit_pair(rng, public_seed)
+        at = np.arange(self.spec.hamming_bound)
+
+        def score(report):
+            return float(self.aggregate([report], rng).sums[at].sum())
+        return packed_a, packed_b, score
 
     def _delta(self, delta):
         if delta is None:

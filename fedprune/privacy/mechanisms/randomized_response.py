@@ -27,9 +27,17 @@ import math
 import numpy as np
 
 from fedprune.privacy.events import BernoulliPair, randomized_response
-from fedprune.privacy.mechanisms.base import (MaskReport, Mechanism, VoteTally, check_count, check_epsilon,
-                                              check_frequency, check_packed)
+from fedprune.privacy.mechanisms.base import (
+    MaskReport,
+    Mechanism,
+    VoteTally,
+    check_count,
+    check_epsilon,
+    check_frequency,
+    check_packed,
+)
 from fedprune.privacy.mechanisms.packed import count_ones, implemented, threshold, threshold_bits
+from fedprune.privacy.mechanisms.registry import register
 from fedprune.validation import ConfigError
 
 
@@ -70,6 +78,20 @@ class BinaryReports(Mechanism):
         if self.keep_report <= self.prune_report:
             raise ConfigError(f"epsilon {self.epsilon!r} is too small to implement with 32-bit noise "
                               "(the report would carry no information); use epsilon >= 1e-8")
+
+    @classmethod
+    def from_settings(cls, config, *, length, kept, hamming_bound):
+        epsilon = cls.epsilon_for_decision(check_epsilon(config.epsilon_per_decision, "epsilon-per-decision"))
+        return cls(length=length, spec=cls.spec_for(config, hamming_bound), epsilon=epsilon)
+
+    @classmethod
+    def epsilon_for_decision(cls, per_decision: float) -> float:
+        """The ``epsilon`` argument whose per-decision (per-bit) figure is ``per_decision``."""
+        return per_decision
+
+    @property
+    def count_channel(self):
+        return self.keep_report, self.prune_report
 
     # subclasses: the claimed channel
     def _claimed_false_positive(self) -> float:
@@ -123,20 +145,32 @@ class BinaryReports(Mechanism):
         return self.spec.hamming_bound * self.epsilon_per_decision
 
 
+@register
 class RandomizedResponse(BinaryReports):
     """Per-bit randomized response: keep each true bit w.p. e^eps / (1 + e^eps)."""
 
     name = "randomized-response"
+    description = "per-bit randomized response: keep each bit w.p. e^eps/(1+e^eps)"
 
     @property
     def epsilon_per_decision(self) -> float:
         return self.epsilon
 
 
+@register
 class SymmetricUnaryEncoding(BinaryReports):
     """SUE / basic RAPPOR: randomized response at eps / 2 per bit (eps covers a one-hot change)."""
 
     name = "sue"
+    description = "symmetric unary encoding (basic RAPPOR): randomized response at eps/2 per bit"
+
+    @classmethod
+    def epsilon_for_decision(cls, per_decision):
+        return 2.0 * per_decision
+
+    @classmethod
+    def report_coordinates(cls, length, hamming_bound, sample_size):
+        return hamming_bound / 2  # the planner's first guess: twice the per-coordinate share, as before
 
     def _claimed_false_positive(self):
         return flip_probability(self.epsilon / 2)
@@ -146,10 +180,17 @@ class SymmetricUnaryEncoding(BinaryReports):
         return self.epsilon / 2
 
 
+@register
 class OptimizedUnaryEncoding(BinaryReports):
     """OUE: a kept bit is reported 1 w.p. 1/2, a pruned bit w.p. 1 / (e^eps + 1)."""
 
     name = "oue"
+    description = "optimized unary encoding: a kept bit reads 1 w.p. 1/2, a pruned one w.p. 1/(e^eps+1)"
+
+    @classmethod
+    def epsilon_for_decision(cls, per_decision):
+        """ln(2 e^x - 1), the inverse of ln((e^eps + 1) / 2), without overflow."""
+        return per_decision + math.log(2.0 - math.exp(-per_decision))
 
     def _claimed_false_positive(self):
         return flip_probability(self.epsilon)

@@ -18,12 +18,20 @@ import numbers
 
 import numpy as np
 
-from fedprune.bits import unpack
+from fedprune.bits import pack, unpack
 from fedprune.privacy.events import BernoulliPair
-from fedprune.privacy.mechanisms.base import (MaskReport, Mechanism, VoteTally, check_count, check_epsilon,
-                                              check_frequency, check_packed)
+from fedprune.privacy.mechanisms.base import (
+    MaskReport,
+    Mechanism,
+    VoteTally,
+    check_count,
+    check_epsilon,
+    check_frequency,
+    check_packed,
+)
 from fedprune.privacy.mechanisms.packed import implemented, threshold, threshold_bits
 from fedprune.privacy.mechanisms.randomized_response import flip_probability
+from fedprune.privacy.mechanisms.registry import register
 from fedprune.validation import ConfigError
 
 PUBLIC_DOMAIN = 0x46505342  # spawn key that keeps public streams apart from any seeded privacy stream
@@ -36,10 +44,22 @@ def public_coordinates(public_seed, length: int, sample_size: int) -> np.ndarray
     return np.sort(rng.choice(length, size=sample_size, replace=False, shuffle=False)).astype(np.int64)
 
 
+@register
 class CoordinateSampling(Mechanism):
     """Randomized response (``epsilon`` per bit) on s publicly sampled coordinates; Horvitz-Thompson estimate."""
 
     name = "sampling"
+    description = "randomized response on s coordinates chosen by a public seed (Horvitz-Thompson estimate)"
+
+    @classmethod
+    def from_settings(cls, config, *, length, kept, hamming_bound):
+        return cls(length=length, spec=cls.spec_for(config, hamming_bound),
+                   epsilon=check_epsilon(config.epsilon_per_decision, "epsilon-per-decision"),
+                   sample_size=config.sample_size or length)
+
+    @classmethod
+    def report_coordinates(cls, length, hamming_bound, sample_size):
+        return min(sample_size or length, hamming_bound)
 
     def __init__(self, *, length, spec, epsilon, sample_size):
         super().__init__(length=length, spec=spec)
@@ -97,6 +117,22 @@ class CoordinateSampling(Mechanism):
         q = self.flip_probability
         per_bit = q * (1 - q) / (1 - 2 * q) ** 2
         return ((self.length / self.sample_size) * (per_bit + f) - f) / check_count(n)
+
+    @property
+    def count_channel(self):
+        """Randomized response's channel when every coordinate is sampled; a partial sample has none."""
+        q = self.flip_probability
+        return (1 - q, q) if self.sample_size == self.length else None
+
+    def audit_pair(self, rng, public_seed):
+        """A = ones on min(s, Delta) coordinates the public seed samples, B = zeros; score: their report bits."""
+        changed = self.reported_changes
+        ones = np.zeros(self.length, dtype=bool)
+        ones[self.coordinates(public_seed)[:changed]] = True
+
+        def score(report):  # the report's bits follow the sorted sampled coordinates
+            return float(unpack(report.bits, self.sample_size)[:changed].sum())
+        return pack(ones), pack(np.zeros(self.length, dtype=bool)), score
 
     @property
     def epsilon_per_decision(self) -> float:

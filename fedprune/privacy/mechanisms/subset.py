@@ -26,10 +26,11 @@ import numbers
 import numpy as np
 from scipy.special import gammaln
 
-from fedprune.bits import unpack
+from fedprune.bits import pack, unpack
 from fedprune.privacy.events import randomized_response
 from fedprune.privacy.mechanisms.base import MaskReport, Mechanism, VoteTally, check_epsilon
 from fedprune.privacy.mechanisms.randomized_response import binary_variance
+from fedprune.privacy.mechanisms.registry import register
 from fedprune.validation import ConfigError
 
 FLOAT_MARGIN = 1e-9  # relative epsilon margin that covers float64 error in P_hit
@@ -77,10 +78,24 @@ def _mean_variance(d: int, k: int, epsilon: float, sizes: np.ndarray) -> np.ndar
     return np.where(np.isfinite(out), out, np.inf)
 
 
+@register
 class SubsetSelection(Mechanism):
     """Report one l-subset of [d], weighted e^eps if it meets the kept set (exactly-k masks only)."""
 
     name = "subset"
+    description = "one l-subset of coordinates, weighted e^eps if it meets the kept set (exactly-k masks)"
+    epsilon_key = "epsilon_per_report"
+
+    @classmethod
+    def from_settings(cls, config, *, length, kept, hamming_bound):
+        if kept is None:
+            raise ConfigError("the subset mechanism needs kept: the number of weights every mask keeps")
+        return cls(length=length, spec=cls.spec_for(config, hamming_bound),
+                   epsilon=check_epsilon(config.epsilon_per_report, "epsilon-per-report"), kept=kept)
+
+    @classmethod
+    def report_coordinates(cls, length, hamming_bound, sample_size):
+        return 1  # the whole report is one pure-eps release
 
     def __init__(self, *, length, spec, epsilon, kept, subset_size=None):
         super().__init__(length=length, spec=spec)
@@ -148,6 +163,20 @@ class SubsetSelection(Mechanism):
         ranks = rng.choice(self.length - self.kept, size=self.subset_size, replace=False, shuffle=False)
         # the r-th pruned coordinate is r plus the number of kept ones before it (those with K_i - i <= r)
         return ranks + np.searchsorted(kept_at - np.arange(self.kept), ranks, side="right")
+
+    @property
+    def count_channel(self):
+        return self.keep_report, self.prune_report
+
+    def audit_pair(self, rng, public_seed):
+        """Kept sets {0..k-1} and {d-k..d-1}; score +1 if the subset meets A only, -1 if B only."""
+        d, k = self.length, self.kept
+        in_a, in_b = np.zeros(d, dtype=bool), np.zeros(d, dtype=bool)
+        in_a[:k], in_b[d - k:] = True, True
+
+        def score(report):
+            return float(in_a[report.indices].any()) - float(in_b[report.indices].any())
+        return pack(in_a), pack(in_b), score
 
     def _check_payload(self, report):
         if report.bits is not None or report.public_seed is not None or report.indices is None:
