@@ -9,6 +9,7 @@ lives in the context's state so it survives across rounds.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -18,19 +19,18 @@ from flwr.clientapp.mod import fixedclipping_mod
 
 from fedprune import modes, protocol
 from fedprune.bits import unflatten_masks, unpack
-from fedprune.config import RunConfig, resolve
+from fedprune.config import RunConfig
 from fedprune.dpsgd import DPSGD
 from fedprune.local import client_data, new_model
 from fedprune.masks import parameter_shapes, prunable_parameters
 from fedprune.privacy.rng import privacy_rng
-from fedprune.rounds import RoundPlan
 
 DPSGD_STATE = "fedprune.dpsgd"
 
 
 def clip_when_asked(msg: Message, context: Context, call_next) -> Message:
     """Flower's fixedclipping_mod, applied only when the server's DP wrapper sends a clipping norm."""
-    if "clipping_norm" in msg.content.config_records.get(protocol.CONFIG, {}):
+    if protocol.CLIPPING_NORM in msg.content.config_records.get(protocol.CONFIG, {}):
         return fixedclipping_mod(msg, context, call_next)
     return call_next(msg, context)
 
@@ -50,16 +50,15 @@ def train(msg: Message, context: Context) -> Message:
 
 
 def _train(msg: Message, context: Context) -> Message:
-    settings, plan_values, mask_values = protocol.split_config(msg.content.config_records[protocol.CONFIG])
-    config = resolve(settings)
-    plan = RoundPlan.from_mapping(plan_values)
+    request = protocol.TrainRequest.from_config(msg.content.config_records[protocol.CONFIG])
+    config, plan = request.config, request.plan
     client = int(context.node_config["partition-id"])
     examples = client_data(config, client, int(context.node_config["num-partitions"]))
 
     model = new_model(config)
     shapes = parameter_shapes(prunable_parameters(model))
     length = sum(int(np.prod(shape)) for shape in shapes.values())
-    masks = unflatten_masks(unpack(protocol.decode_mask(mask_values, length), length), shapes)
+    masks = unflatten_masks(unpack(request.mask_for(length), length), shapes)
     weights = {name: array.numpy() for name, array in msg.content.array_records[protocol.ARRAYS].items()}
 
     stream = (config.seed, plan.round, client)
@@ -67,20 +66,18 @@ def _train(msg: Message, context: Context) -> Message:
     noise = privacy_rng(config.privacy_seed if config.privacy_seeded else None, stream=(plan.round, client))
     dp = _load_dpsgd(config, context)
     steps_before = dp.steps if dp else 0
-    result = modes.get(config).client_round(config, plan, model, weights, masks, examples, client=client,
-                                            generator=generator, privacy_rng=noise, dp=dp)
-
-    metrics = dict(result.metrics)
+    reply = modes.get(config).client_round(config, plan, model, weights, masks, examples, client=client,
+                                           generator=generator, privacy_rng=noise, dp=dp)
     if dp is not None:
         noise_multiplier, sampling_rate, _ = dp.history[-1]  # Opacus merges equal entries; count steps instead
-        metrics.update(protocol.encode_dpsgd([(noise_multiplier, sampling_rate, dp.steps - steps_before)]))
+        reply = replace(reply, dpsgd={"history": [(noise_multiplier, sampling_rate, dp.steps - steps_before)]})
         context.state[DPSGD_STATE] = ConfigRecord({"state": json.dumps(dp.state_dict())})
-    content = RecordDict({
-        protocol.ARRAYS: ArrayRecord({name: Array(value) for name, value in result.weights.items()}),
-        protocol.METRICS: MetricRecord(metrics),
-    })
-    if result.report is not None:
-        content[protocol.REPORT] = ConfigRecord(protocol.encode_report(result.report))
+
+    arrays, metrics, report = reply.to_records()
+    content = RecordDict({protocol.ARRAYS: ArrayRecord({name: Array(value) for name, value in arrays.items()}),
+                          protocol.METRICS: MetricRecord(metrics)})
+    if report is not None:
+        content[protocol.REPORT] = ConfigRecord(report)
     return Message(content=content, reply_to=msg)
 
 

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from fedprune import config_checks
-from fedprune.privacy import weight_channel
 from fedprune.schedules import Constant, Geometric, OneShot, Polynomial, Schedule
 from fedprune.validation import ConfigError, finite, pick, positive, positive_int, probability, sparsity
 
@@ -26,7 +25,6 @@ METHODS = {
     "server-magnitude": "no mask reports: the server prunes the averaged model by magnitude (no privacy cost)",
     "dense": "no pruning: plain FedAvg, the baseline",
 }
-WEIGHT_CHANNELS = weight_channel.CHANNELS
 MODES = {"default": "clients send weights and mask reports",
          "mask-only": "weights frozen at the seed's initialisation; clients send only privatized mask samples"}
 AUTO = "auto"  # a mode-dependent setting left to the mode: RunConfig resolves it from MODE_DEFAULTS
@@ -37,6 +35,10 @@ MODE_DEFAULTS = {
     "default": {"optimizer": "sgd", "learning_rate": 0.05, "local_epochs": 4, "target_sparsity": 0.9},
     "mask-only": {"optimizer": "adam", "learning_rate": 0.2, "local_epochs": 8, "target_sparsity": 0.5},
 }
+# Settings only the server reads: a client is never sent them (fedprune.protocol.TrainRequest).
+SERVER_ONLY = frozenset({"num-server-rounds", "num-clients", "fraction-train", "min-replies", "schedule", "prune-start",
+                         "prune-end", "prune-every", "budget-epsilon", "dense-baseline", "run-name", "output-dir",
+                         "resume"})
 SCHEDULE_NAMES = ("oneshot", "constant", "geometric", "polynomial")
 
 
@@ -118,7 +120,6 @@ class RunConfig:
         positive("dirichlet-alpha", self.dirichlet_alpha)
         pick("method", self.method, METHODS)
         pick("schedule", self.schedule, dict.fromkeys(SCHEDULE_NAMES))
-        pick("weight-channel", self.weight_channel, WEIGHT_CHANNELS)
         sparsity(self.target_sparsity, "target-sparsity")
         if self.mode == "default" and (self.prune_end < self.prune_start or self.prune_end > self.num_server_rounds):
             raise ConfigError(f"prune-end ({self.prune_end}) must lie in [prune-start ({self.prune_start}), "
@@ -161,8 +162,10 @@ class RunConfig:
         """Privacy noise from a seeded generator (reproducible simulations and tests only)."""
         return self.privacy_seed >= 0
 
-    def build_weight_channel(self) -> weight_channel.WeightChannel:
-        """How this run's weight updates travel and are averaged (``fedprune.privacy.weight_channel``)."""
+    def build_weight_channel(self):
+        """How this run's weight updates travel and are averaged (a ``fedprune.privacy.weight_channel.WeightChannel``)."""
+        from fedprune.privacy import weight_channel  # imported here: the channels name the wire's metric keys
+
         return weight_channel.build(self.weight_channel, self.noise_multiplier, self.clipping_norm)
 
     @cached_property

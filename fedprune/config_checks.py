@@ -24,10 +24,12 @@ def check_names(config: RunConfig) -> None:
     from fedprune.models import MODELS
     from fedprune.partitioning import PARTITION_METHODS
     from fedprune.privacy.mechanisms import REGISTRY
+    from fedprune.privacy.weight_channel import CHANNELS
     from fedprune.scorers import SCORERS
     from fedprune.training import OPTIMIZERS
 
     pick("mechanism", config.mechanism, REGISTRY)
+    pick("weight-channel", config.weight_channel, CHANNELS)
     pick("scorer", config.scorer, SCORERS)
     pick("distribution", config.distribution, DISTRIBUTIONS)
     pick("optimizer", config.optimizer, {**OPTIMIZERS, "auto (the mode's)": None})

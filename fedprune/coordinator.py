@@ -61,6 +61,7 @@ class Reply:
     weights: dict[str, np.ndarray]
     report: MaskReport | None
     metrics: dict
+    dpsgd: dict | None = None  # the DP-SGD releases the reply states (weight channel dpsgd)
 
 
 class Coordinator:
@@ -122,11 +123,11 @@ class Coordinator:
 
     # --- checks -----------------------------------------------------------------------------
 
-    def check_reply(self, plan: RoundPlan, weights: Mapping[str, np.ndarray], metrics: Mapping,
-                    report: MaskReport | None) -> Reply:
+    def check_reply(self, plan: RoundPlan, reply: protocol.TrainReply) -> Reply:
         """The reply as a :class:`Reply`, or MalformedReply naming what is wrong."""
-        client, examples = self.reply_identity(metrics)
-        checked = check_compact(weights, compact_shapes(self.numpy_masks(), self.shapes))
+        client, examples = self.reply_identity(reply.metrics)
+        checked = check_compact(reply.weights, compact_shapes(self.numpy_masks(), self.shapes))
+        report = reply.report
         if plan.report:
             if report is None:
                 raise MalformedReply("a reporting round's reply has no mask report")
@@ -136,7 +137,7 @@ class Coordinator:
                 raise MalformedReply(str(error)) from None
         elif report is not None:
             raise MalformedReply("a mask report in a round that asked for none")
-        return Reply(str(client), examples, checked, report, dict(metrics))
+        return Reply(str(client), examples, checked, report, dict(reply.metrics), reply.dpsgd)
 
     def reject(self, plan: RoundPlan, client: str | None, reason: str) -> None:
         """Count a malformed reply (its release still counts: the server received it)."""
@@ -144,10 +145,14 @@ class Coordinator:
         if client is not None:
             self.record(plan, [client])
 
+    def dropout(self) -> None:
+        """Count a client that did not reply (nothing was received, so nothing is charged)."""
+        self.dropouts += 1
+
     def reply_identity(self, metrics: Mapping) -> tuple[int, int | None]:
         """(client id, examples or None) of a reply whose metrics are exactly what this run may receive."""
         allowed = set(self.weight_channel.metrics)
-        extra = sorted(set(metrics) - allowed - {"dpsgd"})  # "dpsgd": the parsed DP-SGD keys (server.strategy)
+        extra = sorted(set(metrics) - allowed)
         if extra:
             raise MalformedReply(f"metrics {extra} are not counted by this run's guarantee (weight channel "
                                  f"{self.weight_channel.name}); a client sends only {sorted(allowed)}")
@@ -213,7 +218,7 @@ class Coordinator:
                                 f"{self.dropouts} dropouts); lower min-replies or fix the failing clients")
         replies = sorted(replies, key=lambda r: int(r.client))  # a fixed order: same sums on resume
         for reply in replies:
-            self.record(plan, [reply.client], dpsgd=reply.metrics.get("dpsgd"))
+            self.record(plan, [reply.client], dpsgd=reply.dpsgd)
         self.upload_bytes = [reply_bytes(r) for r in replies]
         return replies
 

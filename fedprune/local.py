@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -22,20 +21,10 @@ from fedprune.config import RunConfig
 from fedprune.data import load_dataset, make_loader, partition
 from fedprune.masks import prunable_parameters
 from fedprune.models import build_model
-from fedprune.privacy.mechanisms import MaskReport
 from fedprune.rounds import RoundPlan, encode_local_mask, local_mask_bits
 from fedprune.scorers import DATA_SCORERS
 from fedprune.training import TrainConfig, gradient_statistics, train
 from fedprune.validation import ConfigError
-
-
-@dataclass(frozen=True)
-class ClientResult:
-    """What a client sends back: compact weights, its mask report (None outside reporting rounds), metrics."""
-
-    weights: dict[str, np.ndarray]
-    report: MaskReport | None
-    metrics: dict[str, float | int]
 
 
 def train_config(config: RunConfig) -> TrainConfig:
@@ -89,7 +78,7 @@ def new_model(config: RunConfig) -> nn.Module:
 
 def client_round(config: RunConfig, plan: RoundPlan, model: nn.Module, global_weights: Mapping[str, np.ndarray],
                  global_masks: Mapping[str, torch.Tensor], examples: tuple[np.ndarray, np.ndarray], *,
-                 client: int, generator: torch.Generator, privacy_rng: np.random.Generator, dp=None) -> ClientResult:
+                 client: int, generator: torch.Generator, privacy_rng: np.random.Generator, dp=None) -> protocol.TrainReply:
     """Train on ``examples`` under the global mask and, on a reporting round, report a local mask."""
     started = time.perf_counter()
     shapes = {name: tuple(value.shape) for name, value in model.state_dict().items()}
@@ -120,4 +109,4 @@ def client_round(config: RunConfig, plan: RoundPlan, model: nn.Module, global_we
               "train-seconds": time.perf_counter() - started}
     channel = config.build_weight_channel()
     metrics = {key: value for key, value in values.items() if key in channel.metrics}  # only what the ledger counts
-    return ClientResult(weights=weights, report=report, metrics=metrics)
+    return protocol.TrainReply(weights=weights, metrics=metrics, report=report)

@@ -40,7 +40,7 @@ from fedprune.config import RunConfig
 from fedprune.coordinator import UNITS, Coordinator, Reply, reply_identity
 from fedprune.data import make_loader
 from fedprune.layouts.weights import layer_counts
-from fedprune.local import ClientResult, new_model, train_config
+from fedprune.local import new_model, train_config
 from fedprune.masks import kept_count, prunable_parameters
 from fedprune.privacy import events, mechanisms
 from fedprune.privacy.mechanisms import Mechanism
@@ -90,7 +90,7 @@ def report_events(sampler: Mechanism) -> list[events.Event]:
 
 def client_round_mask_only(config: RunConfig, plan: RoundPlan, probabilities: Mapping[str, np.ndarray],
                            examples: tuple[np.ndarray, np.ndarray], *, client: int, generator: torch.Generator,
-                           privacy_rng: np.random.Generator) -> ClientResult:
+                           privacy_rng: np.random.Generator) -> protocol.TrainReply:
     """Train scores from the global ``probabilities`` on ``examples``; reply with a privatized mask sample only."""
     model = new_model(config)
     names = list(prunable_parameters(model))
@@ -110,7 +110,7 @@ def client_round_mask_only(config: RunConfig, plan: RoundPlan, probabilities: Ma
         theta = np.concatenate([p.double().reshape(-1).numpy() for p in scores.keep_probabilities().values()])
     report = sampler_for(config, length).sample(theta, privacy_rng)
     # the mask sample is the only release: no loss, time or example count leaves the client
-    return ClientResult(weights={}, report=report, metrics={protocol.CLIENT_ID: int(client)})
+    return protocol.TrainReply(weights={}, metrics={protocol.CLIENT_ID: int(client)}, report=report)
 
 
 def _check_probabilities(values: Mapping[str, np.ndarray], shapes: Mapping[str, tuple[int, ...]]):
@@ -185,19 +185,19 @@ class MaskOnlyCoordinator(Coordinator):
 
     # --- checks ----------------------------------------------------------------------------------
 
-    def check_reply(self, plan: RoundPlan, weights: Mapping[str, np.ndarray], metrics: Mapping,
-                    report) -> Reply:
+    def check_reply(self, plan: RoundPlan, reply: protocol.TrainReply) -> Reply:
         """The reply as a :class:`Reply`, or MalformedReply: it must carry one mask sample and no weights."""
-        client, examples = self.reply_identity(metrics)
-        if weights:
-            raise MalformedReply(f"a mask-only reply carries no weights, got {sorted(weights)}")
+        client, examples = self.reply_identity(reply.metrics)
+        if reply.weights:
+            raise MalformedReply(f"a mask-only reply carries no weights, got {sorted(reply.weights)}")
+        report = reply.report
         if report is None:
             raise MalformedReply(f"a mask-only round needs exactly one {self.sampler.name} report")
         try:
             self.sampler.check_report(report)
         except ConfigError as error:
             raise MalformedReply(str(error)) from None
-        return Reply(str(client), examples, {}, report, dict(metrics))
+        return Reply(str(client), examples, {}, report, dict(reply.metrics))
 
     # --- privacy ----------------------------------------------------------------------------------
 

@@ -16,12 +16,13 @@ from torch import nn
 
 from fedprune.config import RunConfig
 from fedprune.coordinator import Coordinator
-from fedprune.local import ClientResult, client_round
+from fedprune import protocol
+from fedprune.local import client_round
 from fedprune.mask_only import MaskOnlyCoordinator, client_round_mask_only
 from fedprune.rounds import RoundPlan
 
 # (config, plan, model, global weights, global masks, examples, *, client, generator, privacy_rng, dp) -> result
-ClientRound = Callable[..., ClientResult]
+ClientRound = Callable[..., protocol.TrainReply]
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ def named(name: str) -> Mode:
 def _mask_only_round(config: RunConfig, plan: RoundPlan, model: nn.Module, global_weights: Mapping[str, np.ndarray],
                      global_masks: Mapping[str, torch.Tensor], examples: tuple[np.ndarray, np.ndarray], *,
                      client: int, generator: torch.Generator, privacy_rng: np.random.Generator,
-                     dp=None) -> ClientResult:
+                     dp=None) -> protocol.TrainReply:
     """``client_round``'s signature for mask-only: the arrays are keep-probabilities; model, masks and DP-SGD
     play no part (the frozen network is rebuilt from the seed, and mask-only has no weight channel)."""
     return client_round_mask_only(config, plan, global_weights, examples, client=client, generator=generator,

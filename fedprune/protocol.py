@@ -1,44 +1,115 @@
-"""What client and server say to each other: record keys and the codecs for masks and reports.
+"""What client and server say to each other, in one place: the typed request and reply, their record keys, codecs.
 
-Both Flower apps import their keys from here and nowhere else. The codecs turn fedprune objects
-into the plain values a Flower ConfigRecord holds (str, int, float, bool, bytes) and back, with
-strict checks, so this module needs no Flower itself.
+Both Flower apps build and read their messages through :class:`TrainRequest` and :class:`TrainReply`
+and nowhere else. The codecs turn fedprune objects into the plain values Flower's records hold
+(str, int, float, bool, bytes, numpy arrays) and back, with strict checks, so this module needs no
+Flower itself.
 
-A message to a client holds ``ARRAYS`` (the global model in compact form, see
-``fedprune.compact``) and ``CONFIG``: the run's settings, the round's plan (``plan.*`` keys) and
-the global mask, packed (``mask.*`` keys). One ConfigRecord, because Flower's
-``fixedclipping_mod`` refuses a message with two. A reply holds ``ARRAYS`` (the trained model, compact), ``METRICS`` and, on
-a pruning round, ``REPORT`` (the privatized mask report). Mask reports travel in a ConfigRecord
-as bytes, not in an ArrayRecord: Flower's DP wrappers clip and noise every ArrayRecord of a reply.
+A message to a client holds ``ARRAYS`` (the global model in compact form, see ``fedprune.compact``)
+and ``CONFIG``: the settings a client needs (``run.<key>``; the server's own, such as the output
+folder, the budget or the schedule, stay on the server: ``config.SERVER_ONLY``), the round's plan
+(``plan.<field>``) and the global mask, packed (``mask.*``). Every fedprune key carries one of these
+prefixes, so the keys Flower's strategies and mods add (``server-round``, the clipping norm, any
+later one) are left alone. One ConfigRecord, because Flower's ``fixedclipping_mod`` refuses a
+message with two. A reply holds ``ARRAYS`` (the trained model, compact), ``METRICS`` and, on a
+reporting round, ``REPORT`` (the mask report). Mask reports travel in a ConfigRecord as bytes, not
+in an ArrayRecord: Flower's DP mods clip every ArrayRecord of a reply.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
 from fedprune.bits import packed_length
 from fedprune.compact import MalformedReply
+from fedprune.config import SERVER_ONLY, RunConfig, resolve
 from fedprune.privacy.events import Gaussian
 from fedprune.privacy.mechanisms.base import ARRAY_KEYS, MaskReport
+from fedprune.rounds import RoundPlan
 from fedprune.validation import ConfigError
 
 ARRAYS = "arrays"      # ArrayRecord: the model, compact (kept values of masked tensors)
-CONFIG = "config"      # ConfigRecord: run settings (kebab-case), the round's plan, the global mask
-REPORT = "report"      # ConfigRecord: a client's privatized mask report
-METRICS = "metrics"    # MetricRecord: examples, losses, timings
+CONFIG = "config"      # ConfigRecord: the client's settings, the round's plan, the global mask
+REPORT = "report"      # ConfigRecord: a client's mask report
+METRICS = "metrics"    # MetricRecord: what the weight channel lets a client send (see weight_channel.metrics)
 
 CLIENT_ID = "client-id"         # in METRICS: the partition id, which keys the client's ledger (public)
 NUM_EXAMPLES = "num-examples"   # in METRICS where the weight channel averages by example count
 PLAIN_METRICS = ("train-loss", "train-seconds")  # in METRICS only where nothing a client sends is protected
-SERVER_ROUND = "server-round"   # Flower's FedAvg injects it into every config
+SETTING_PREFIX = "run."         # the client's settings travel as run.<key> in CONFIG
 PLAN_PREFIX = "plan."           # the round's plan travels as plan.<field> keys in CONFIG
 CLIPPING_NORM = "clipping_norm"  # Flower's fixedclipping_mod reads it: sent under weight channel client-clipping
-FLOWER_KEYS = (SERVER_ROUND, CLIPPING_NORM)  # keys Flower's FedAvg and clipping mod own
 
 MASK_BITS, MASK_LENGTH = "mask.packed", "mask.length"
 _ARRAY_PREFIX = "array."
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """What the server asks of a client in one round, besides the model it sends in ``ARRAYS``."""
+
+    config: RunConfig
+    plan: RoundPlan
+    mask: np.ndarray  # the global mask, packed bits of ``mask_length`` flat coordinates
+    mask_length: int
+
+    def to_config(self) -> dict:
+        """CONFIG's values: the settings a client needs, the plan, the mask (and Flower's clipping norm)."""
+        values = {SETTING_PREFIX + key: value for key, value in self.config.to_mapping().items()
+                  if key not in SERVER_ONLY}
+        values.update({PLAN_PREFIX + key: value for key, value in self.plan.to_mapping().items()})
+        values.update(encode_mask(self.mask, self.mask_length))
+        if self.config.weight_channel == "client-clipping":
+            values[CLIPPING_NORM] = self.config.clipping_norm
+        return values
+
+    @classmethod
+    def from_config(cls, values: Mapping[str, object]) -> TrainRequest:
+        """Undo ``to_config``; keys without a fedprune prefix are Flower's and are ignored."""
+        settings, plan = {}, {}
+        for key, value in values.items():
+            if key.startswith(SETTING_PREFIX):
+                settings[key[len(SETTING_PREFIX):]] = value
+            elif key.startswith(PLAN_PREFIX):
+                plan[key[len(PLAN_PREFIX):]] = value
+        length = values.get(MASK_LENGTH)
+        if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+            raise ConfigError(f"the request's mask length must be an integer >= 1, got {length!r}")
+        return cls(resolve(settings), RoundPlan.from_mapping(plan), decode_mask(values, length), length)
+
+    def mask_for(self, length: int) -> np.ndarray:
+        """The packed global mask, checked against a model of ``length`` prunable weights."""
+        if length != self.mask_length:
+            raise ConfigError(f"the global mask covers {self.mask_length} weights, this client's model has {length}: "
+                              "client and server run different models")
+        return self.mask
+
+
+@dataclass(frozen=True)
+class TrainReply:
+    """A client's reply as received: compact weights, metrics as sent, the mask report, DP-SGD's releases."""
+
+    weights: dict[str, np.ndarray]
+    metrics: dict
+    report: MaskReport | None = None
+    dpsgd: dict | None = None  # {"history": [(noise multiplier, sampling rate, steps), ...]}; None without DP-SGD
+
+    def to_records(self) -> tuple[dict, dict, dict | None]:
+        """(ARRAYS, METRICS, REPORT or None) values for the reply's records."""
+        metrics = dict(self.metrics)
+        if self.dpsgd is not None:
+            metrics.update(encode_dpsgd(self.dpsgd["history"]))
+        return dict(self.weights), metrics, None if self.report is None else encode_report(self.report)
+
+    @classmethod
+    def from_records(cls, arrays: Mapping[str, np.ndarray], metrics: Mapping[str, object],
+                     report: Mapping[str, object] | None) -> TrainReply:
+        """Undo ``to_records``; MalformedReply names what is wrong (the DP-SGD keys stay in ``metrics``)."""
+        return cls(dict(arrays), dict(metrics), None if report is None else decode_report(report),
+                   decode_dpsgd(metrics))
 
 
 def encode_mask(packed: np.ndarray, length: int) -> dict:
@@ -87,27 +158,6 @@ def decode_report(values: Mapping[str, object]) -> MaskReport:
         return MaskReport.from_arrays(data)
     except ConfigError as error:
         raise MalformedReply(f"bad mask report: {error}") from None
-
-
-def encode_plan(plan: Mapping[str, object]) -> dict:
-    return {PLAN_PREFIX + key: value for key, value in plan.items()}
-
-
-def split_config(values: Mapping[str, object]) -> tuple[dict, dict, dict]:
-    """(run settings, round plan, mask) from a received CONFIG record.
-
-    Keys Flower's strategies and DP wrappers add (``server-round``, the clipping norm) are
-    not fedprune settings and are left out.
-    """
-    settings, plan, mask = {}, {}, {}
-    for key, value in values.items():
-        if key.startswith(PLAN_PREFIX):
-            plan[key[len(PLAN_PREFIX):]] = value
-        elif key in (MASK_BITS, MASK_LENGTH):
-            mask[key] = value
-        elif key not in FLOWER_KEYS:
-            settings[key] = value
-    return settings, plan, mask
 
 
 DPSGD_KEYS = ("dpsgd-noise", "dpsgd-rate", "dpsgd-steps")

@@ -7,7 +7,8 @@ import os
 from pathlib import Path
 
 from fedprune import modes, run_folder
-from fedprune.config import METHODS, WEIGHT_CHANNELS, RunConfig
+from fedprune.config import METHODS, RunConfig
+from fedprune.privacy.weight_channel import CHANNELS
 from fedprune.coordinator import Coordinator
 from fedprune.privacy.mechanisms import mechanism_class
 from fedprune.privacy.rng import RandomnessSource
@@ -33,7 +34,7 @@ def summary(config: RunConfig, coordinator: Coordinator, lines: list[dict], seco
         "privacy": coordinator.privacy(),
         "mechanism": own["mechanism"] if "mechanism" in own else _mechanism(config, coordinator),
         "weight_channel": own.get("weight_channel",
-                                  {"name": config.weight_channel, "meaning": WEIGHT_CHANNELS[config.weight_channel]}),
+                                  {"name": config.weight_channel, "meaning": CHANNELS[config.weight_channel]}),
         "privacy_randomness": randomness.to_dict(),
         "upload_bytes_per_client_round": sum(uploads) / len(uploads) if uploads else None,
         "dense_upload_bytes_per_client_round": 4 * dense_values,

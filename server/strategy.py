@@ -56,10 +56,8 @@ class FedPrune(FedAvg):
         except BudgetExhausted as error:
             raise PrivacyBudgetExhausted(str(error)) from None
         packed, length = coordinator.packed_mask()
-        values = {**dict(config), **coordinator.config.to_mapping(), **protocol.encode_plan(self.plan.to_mapping()),
-                  **protocol.encode_mask(packed, length)}
-        if coordinator.config.weight_channel == "client-clipping":
-            values[protocol.CLIPPING_NORM] = coordinator.config.clipping_norm
+        request = protocol.TrainRequest(coordinator.config, self.plan, packed, length)
+        values = {**dict(config), **request.to_config()}  # Flower's own keys (server-round) beside fedprune's
         self.sent = from_record(arrays)
         return list(super().configure_train(server_round, arrays, ConfigRecord(values), grid))
 
@@ -82,7 +80,7 @@ class FedPrune(FedAvg):
         parsed = []
         for reply in replies:
             if reply.has_error():
-                self.coordinator.dropouts += 1
+                self.coordinator.dropout()
                 log(WARNING, "round %d: no reply from node %s (%s)", self.plan.round,
                     reply.metadata.src_node_id, reply.error.reason)
                 continue
@@ -106,11 +104,7 @@ class FedPrune(FedAvg):
             values = dict(content.config_records[protocol.REPORT]) if protocol.REPORT in content else None
         except (KeyError, TypeError, ValueError) as error:
             raise MalformedReply(f"reply records have the wrong types: {error}") from None
-        report = None if values is None else protocol.decode_report(values)
-        dpsgd = protocol.decode_dpsgd(metrics)
-        if dpsgd is not None:
-            metrics["dpsgd"] = dpsgd
-        return self.coordinator.check_reply(self.plan, weights, metrics, report)
+        return self.coordinator.check_reply(self.plan, protocol.TrainReply.from_records(weights, metrics, values))
 
     def summary(self) -> None:
         log(INFO, "\t├──> fedprune: method %s, mechanism %s, target sparsity %s", self.coordinator.config.method,
@@ -120,7 +114,7 @@ class FedPrune(FedAvg):
 
 def _client_id(reply: Message):
     try:
-        value = reply.content.metric_records[protocol.METRICS]["client-id"]
+        value = reply.content.metric_records[protocol.METRICS][protocol.CLIENT_ID]
         return str(value) if isinstance(value, int) and value >= 0 else None
     except (KeyError, TypeError):
         return None

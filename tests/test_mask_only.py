@@ -225,7 +225,7 @@ def _rounds(config, coordinator, arrays, rounds):
                 config, plan, arrays, client_data(config, client, 3), client=client,
                 generator=torch.Generator().manual_seed(1000 * round + client),
                 privacy_rng=privacy_rng(config.privacy_seed, stream=(round, client)))
-            replies.append(coordinator.check_reply(plan, result.weights, result.metrics, result.report))
+            replies.append(coordinator.check_reply(plan, result))
         arrays = coordinator.aggregate(plan, replies)
     return arrays
 
