@@ -1,7 +1,7 @@
-"""Build hook: compiles the sparse kernels (fedprune/kernels/_native.c, _structured.c) at `pip install`.
+"""Build hook: compiles the sparse kernels (fedprune/deploy/kernels/_native.c, _structured.c) at `pip install`.
 
 Everything else is in pyproject.toml. The extension is optional: where no flag set compiles
-(no C compiler, no OpenMP), the install still succeeds and fedprune.kernels falls back to
+(no C compiler, no OpenMP), the install still succeeds and fedprune.deploy.kernels falls back to
 torch's CSR with a warning. -march=native is fine because the install builds on the machine
 that runs it; a copy moved to an older CPU must be rebuilt.
 """
@@ -31,12 +31,12 @@ class OptionalNativeBuild(build_ext):
             except Exception as err:  # compiler missing or flag refused: try the next set
                 errors.append(f"{' '.join(compile_args)}: {err}")
         self.warn(f"could not compile {ext.name} ({'; '.join(errors)}); "
-                  "fedprune.kernels will fall back to torch's CSR")
+                  "fedprune.deploy.kernels will fall back to torch's CSR")
 
 
 setup(
-    ext_modules=[Extension("fedprune.kernels._native",
-                           ["fedprune/kernels/_native.c", "fedprune/kernels/_structured.c"],
-                           depends=["fedprune/kernels/_native.h"], optional=True)],
+    ext_modules=[Extension("fedprune.deploy.kernels._native",
+                           ["fedprune/deploy/kernels/_native.c", "fedprune/deploy/kernels/_structured.c"],
+                           depends=["fedprune/deploy/kernels/_native.h"], optional=True)],
     cmdclass={"build_ext": OptionalNativeBuild},
 )

@@ -27,9 +27,9 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.simulation import run_simulation
 
 from fedprune.config import RunConfig, resolve
-from fedprune.data import make_loader
-from fedprune.local import run_dataset, client_data, new_model, train_config
-from fedprune.training import evaluate, train
+from fedprune.data.datasets import make_loader
+from fedprune.federated.local import client_data, new_model, run_dataset, train_config
+from fedprune.training.train import evaluate, train
 from simulations.run import simulate
 
 plain_client = ClientApp()

@@ -33,8 +33,8 @@ import torch.nn.functional as F
 if __name__ == "__main__":  # run as a script: import fedprune and simulations from this checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fedprune.kernels import build, calibrate, describe  # noqa: E402
-from fedprune.kernels.calibrate import interleaved, torch_threads  # noqa: E402
+from fedprune.deploy.kernels import build, calibrate, describe  # noqa: E402
+from fedprune.deploy.kernels.calibrate import interleaved, torch_threads  # noqa: E402
 
 FULL = {"sizes": (1024, 4096), "sparsities": (0.5, 0.8, 0.9, 0.95, 0.98), "batches": (1, 8, 64),
         "threads": (1, 2), "cell_s": 1.0, "min_rounds": 9}

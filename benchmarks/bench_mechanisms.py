@@ -24,11 +24,11 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from fedprune.bits import pack  # noqa: E402
 from fedprune.privacy.mechanisms import REGISTRY  # noqa: E402
 from fedprune.privacy.mechanisms.packed import SCALE  # noqa: E402
 from fedprune.privacy.rng import privacy_rng  # noqa: E402
 from fedprune.privacy.spec import ReportSpec  # noqa: E402
+from fedprune.pruning.bits import pack  # noqa: E402
 
 
 def best_of(repeats: int, work) -> float:

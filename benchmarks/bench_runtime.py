@@ -1,6 +1,6 @@
 """Exported models against dense torch: file size and latency at batch 1 and 64 (fedprune issue 5).
 
-Two models at 90% sparsity with magnitude masks (fedprune.pruning.compute_masks, global
+Two models at 90% sparsity with magnitude masks (fedprune.pruning.compute.compute_masks, global
 distribution): the MNIST-1D CNN (``build_model("cnn1d", (1, 40), 10)``) and a 3x1024 MLP
 (``build_model("mlp", (1024,), 10, hidden=(1024, 1024, 1024))``). The CNN is first trained for
 ``--train-epochs`` on MNIST-1D: on an untrained CNN a global magnitude mask prunes the whole head
@@ -23,12 +23,12 @@ from pathlib import Path
 
 import torch
 
-from fedprune import footprint
-from fedprune.export import export_model
-from fedprune.masks import apply_masks, prunable_parameters
-from fedprune.models import build_model
-from fedprune.pruning import compute_masks
-from fedprune.runtime import load
+from fedprune.deploy import footprint
+from fedprune.deploy.export import export_model
+from fedprune.deploy.runtime import load
+from fedprune.pruning.compute import compute_masks
+from fedprune.pruning.masks import apply_masks, prunable_parameters
+from fedprune.training.models import build_model
 from simulations.reporting import markdown_table
 
 BATCHES = (1, 64)
@@ -70,8 +70,8 @@ def main() -> None:
 def cnn1d(epochs: int) -> torch.nn.Module:
     model = build_model("cnn1d", (1, 40), 10)
     if epochs:
-        from fedprune.data import load_dataset, make_loader
-        from fedprune.training import TrainConfig, train
+        from fedprune.data.datasets import load_dataset, make_loader
+        from fedprune.training.train import TrainConfig, train
 
         data = load_dataset("mnist1d")
         generator = torch.Generator().manual_seed(0)

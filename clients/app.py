@@ -17,20 +17,20 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import fixedclipping_mod
 
-from fedprune import modes, protocol
-from fedprune.bits import unflatten_masks, unpack
 from fedprune.config import RunConfig
-from fedprune.dpsgd import DPSGD
-from fedprune.local import client_data, new_model
-from fedprune.masks import parameter_shapes, prunable_parameters
+from fedprune.federated import keys, modes, wire
+from fedprune.federated.local import client_data, new_model
 from fedprune.privacy.rng import privacy_rng
+from fedprune.pruning.bits import unflatten_masks, unpack
+from fedprune.pruning.masks import parameter_shapes, prunable_parameters
+from fedprune.training.dpsgd import DPSGD
 
-DPSGD_STATE = "fedprune.dpsgd"
+DPSGD_STATE = "fedprune.training.dpsgd"
 
 
 def clip_when_asked(msg: Message, context: Context, call_next) -> Message:
     """Flower's fixedclipping_mod, applied only when the server's DP wrapper sends a clipping norm."""
-    if protocol.CLIPPING_NORM in msg.content.config_records.get(protocol.CONFIG, {}):
+    if keys.CLIPPING_NORM in msg.content.config_records.get(keys.CONFIG, {}):
         return fixedclipping_mod(msg, context, call_next)
     return call_next(msg, context)
 
@@ -50,7 +50,7 @@ def train(msg: Message, context: Context) -> Message:
 
 
 def _train(msg: Message, context: Context) -> Message:
-    request = protocol.TrainRequest.from_config(msg.content.config_records[protocol.CONFIG])
+    request = wire.TrainRequest.from_config(msg.content.config_records[keys.CONFIG])
     config, plan = request.config, request.plan
     client = int(context.node_config["partition-id"])
     examples = client_data(config, client, int(context.node_config["num-partitions"]))
@@ -59,7 +59,7 @@ def _train(msg: Message, context: Context) -> Message:
     shapes = parameter_shapes(prunable_parameters(model))
     length = sum(int(np.prod(shape)) for shape in shapes.values())
     masks = unflatten_masks(unpack(request.mask_for(length), length), shapes)
-    weights = {name: array.numpy() for name, array in msg.content.array_records[protocol.ARRAYS].items()}
+    weights = {name: array.numpy() for name, array in msg.content.array_records[keys.ARRAYS].items()}
 
     stream = (config.seed, plan.round, client)
     generator = torch.Generator().manual_seed(int(np.random.SeedSequence(stream).generate_state(1)[0]))
@@ -74,10 +74,10 @@ def _train(msg: Message, context: Context) -> Message:
         context.state[DPSGD_STATE] = ConfigRecord({"state": json.dumps(dp.state_dict())})
 
     arrays, metrics, report = reply.to_records()
-    content = RecordDict({protocol.ARRAYS: ArrayRecord({name: Array(value) for name, value in arrays.items()}),
-                          protocol.METRICS: MetricRecord(metrics)})
+    content = RecordDict({keys.ARRAYS: ArrayRecord({name: Array(value) for name, value in arrays.items()}),
+                          keys.METRICS: MetricRecord(metrics)})
     if report is not None:
-        content[protocol.REPORT] = ConfigRecord(report)
+        content[keys.REPORT] = ConfigRecord(report)
     return Message(content=content, reply_to=msg)
 
 

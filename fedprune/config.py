@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from fedprune import config_checks
-from fedprune.schedules import Constant, Geometric, OneShot, Polynomial, Schedule
+from fedprune.pruning.schedules import Constant, Geometric, OneShot, Polynomial, Schedule
 from fedprune.validation import ConfigError, finite, pick, positive, positive_int, probability, sparsity
 
 METHODS = {
@@ -35,7 +35,7 @@ MODE_DEFAULTS = {
     "default": {"optimizer": "sgd", "learning_rate": 0.05, "local_epochs": 4, "target_sparsity": 0.9},
     "mask-only": {"optimizer": "adam", "learning_rate": 0.2, "local_epochs": 8, "target_sparsity": 0.5},
 }
-# Settings only the server reads: a client is never sent them (fedprune.protocol.TrainRequest).
+# Settings only the server reads: a client is never sent them (fedprune.federated.wire.TrainRequest).
 SERVER_ONLY = frozenset({"num-server-rounds", "num-clients", "fraction-train", "min-replies", "schedule", "prune-start",
                          "prune-end", "prune-every", "budget-epsilon", "dense-baseline", "run-name", "output-dir",
                          "resume"})
@@ -51,49 +51,56 @@ class RunConfig:
     so a RunConfig always holds valid, resolved values.
     """
 
-    num_server_rounds: int = 30
-    num_clients: int = 10
-    fraction_train: float = 1.0
-    min_replies: int = 2
-    local_epochs: int = AUTO  # the mode's: 4; mask-only 8
-    batch_size: int = 32
-    learning_rate: float = AUTO  # the mode's: 0.05; mask-only 0.2
-    optimizer: str = AUTO  # the mode's: sgd; mask-only adam
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    dataset: str = "mnist1d"
-    model: str = "cnn1d"
-    partitioner: str = "dirichlet"
-    dirichlet_alpha: float = 0.5
-    classes_per_client: int = 2
-    method: str = "votes"
-    target_sparsity: float = AUTO  # the mode's: 0.9; mask-only 0.5
-    schedule: str = "polynomial"
-    prune_start: int = 6
-    prune_end: int = 18
-    prune_every: int = 3
-    scorer: str = "magnitude"
-    distribution: str = "global"
-    structure: str = "unstructured"
-    regrowth: bool = False
-    mechanism: str = "randomized-response"
-    epsilon_per_decision: float = 2.0
+    # --- federation ---
+    num_server_rounds: int = 30  # rounds of the run
+    num_clients: int = 10  # clients (data partitions); under `flwr run .` at most the SuperNodes there are
+    fraction_train: float = 1.0  # share of clients Flower samples each round (at least 2)
+    min_replies: int = 2  # well-formed replies a round needs, else the run fails naming the rejections
+    # --- local training ---
+    local_epochs: int = AUTO  # epochs per round on a client; the mode's: 4; mask-only 8
+    batch_size: int = 32  # local minibatch size
+    learning_rate: float = AUTO  # local learning rate; the mode's: 0.05; mask-only 0.2
+    optimizer: str = AUTO  # local optimizer (sgd, adam); the mode's: sgd; mask-only adam
+    momentum: float = 0.9  # SGD momentum (zeroed at pruned weights)
+    weight_decay: float = 0.0  # L2 weight decay (never revives a pruned weight)
+    # --- data and model ---
+    dataset: str = "mnist1d"  # mnist1d, digits (offline), or hf:<name or local path>
+    model: str = "cnn1d"  # cnn1d, mlp, cnn2d
+    partitioner: str = "dirichlet"  # how the training set is split over clients (iid, dirichlet, pathological)
+    dirichlet_alpha: float = 0.5  # Dirichlet concentration: smaller is more non-IID
+    classes_per_client: int = 2  # classes each client holds under the pathological partitioner
+    # --- pruning ---
+    method: str = "votes"  # votes (clients report masks), server-magnitude (no reports), dense (no pruning)
+    target_sparsity: float = AUTO  # share of prunable weights removed at the end; the mode's: 0.9; mask-only 0.5
+    schedule: str = "polynomial"  # how sparsity rises: oneshot, constant, geometric (IMP), polynomial (AGP)
+    prune_start: int = 6  # first pruning round
+    prune_end: int = 18  # last pruning round (at most num-server-rounds)
+    prune_every: int = 3  # rounds between pruning events
+    scorer: str = "magnitude"  # importance of a weight on a client: magnitude, random, taylor, obd (l1_units, l2_units)
+    distribution: str = "global"  # how the sparsity is split over layers: global, uniform, erk
+    structure: str = "unstructured"  # the vote layout: unstructured (weights) or units (rows, channels)
+    regrowth: bool = False  # whether a pruned weight may come back (reports then cover every weight)
+    # --- mask reports ---
+    mechanism: str = "randomized-response"  # how a mask report is privatized (fedprune.privacy.mechanisms)
+    epsilon_per_decision: float = 2.0  # per-bit mechanisms: the loss of one bit of a report (inf: exact votes)
     # eps of a whole mask report, for mechanisms whose figure is per report: subset (pure eps), central (at delta)
     epsilon_per_report: float = 2.0
-    delta: float = 1e-5
-    unit: str = "client"
-    sample_size: int = 0
-    weight_channel: str = "clear"
-    noise_multiplier: float = 1.0
-    clipping_norm: float = 1.0
-    budget_epsilon: float = 0.0
-    dense_baseline: bool = False
-    mode: str = "default"
-    seed: int = 0
-    privacy_seed: int = -1
-    run_name: str = ""
-    output_dir: str = "runs"
-    resume: bool = False
+    delta: float = 1e-5  # the delta every (eps, delta) figure is stated at
+    unit: str = "client"  # the unit the figures and the budget protect: a whole client, or one record
+    sample_size: int = 0  # coordinates per report under the sampling mechanism (0: every coordinate)
+    # --- weight updates ---
+    weight_channel: str = "clear"  # how weight updates travel: clear, server-clipping, client-clipping, dpsgd
+    noise_multiplier: float = 1.0  # Gaussian noise std over the clipping norm, for the DP weight channels
+    clipping_norm: float = 1.0  # L2 clip of each update (DP-FedAvg) or of each example's gradient (DP-SGD)
+    budget_epsilon: float = 0.0  # stop before a round takes any client past this eps in `unit` (0: no budget)
+    # --- the run ---
+    dense_baseline: bool = False  # also run dense FedAvg on the same seed and report its accuracy beside
+    mode: str = "default"  # default (weights and mask reports) or mask-only (frozen weights, mask samples only)
+    seed: int = 0  # data split, initialisation, training order: public (every client is sent it)
+    privacy_seed: int = -1  # privacy noise from this seed (tests, reproducible simulations); -1: OS entropy
+    run_name: str = ""  # the run's folder under output-dir (empty: run-<date>-<time>)
+    output_dir: str = "runs"  # where run folders go
+    resume: bool = False  # continue the run folder from its last checkpoint
 
     def __post_init__(self):
         mode = _coerce("mode", self.mode, str)

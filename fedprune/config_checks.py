@@ -12,21 +12,21 @@ from fedprune.validation import ConfigError, pick
 if TYPE_CHECKING:
     from fedprune.config import RunConfig
 
-# Mask-only mode (fedprune.mask_only) has one mechanism, weight-level masks, no weight channel or dense baseline.
+# Mask-only mode (fedprune.federated.mask_only) has one mechanism, weight-level masks, no weight channel or dense baseline.
 MASK_ONLY_REQUIRES = {"method": "votes", "mechanism": "randomized-response", "weight_channel": "clear",
                       "structure": "unstructured", "dense_baseline": False}
 
 
 def check_names(config: RunConfig) -> None:
     """Every named choice against its registry, so a misspelt one fails here and not rounds later."""
-    from fedprune.data import DATASETS  # imported here: the registries pull in torch and the models
-    from fedprune.distributions import DISTRIBUTIONS
-    from fedprune.models import MODELS
-    from fedprune.partitioning import PARTITION_METHODS
+    from fedprune.data.datasets import DATASETS  # imported here: the registries pull in torch and the models
+    from fedprune.data.partitioning import PARTITION_METHODS
     from fedprune.privacy.mechanisms import REGISTRY
     from fedprune.privacy.weight_channel import CHANNELS
-    from fedprune.scorers import SCORERS
-    from fedprune.training import OPTIMIZERS
+    from fedprune.pruning.distributions import DISTRIBUTIONS
+    from fedprune.pruning.scorers import SCORERS
+    from fedprune.training.models import MODELS
+    from fedprune.training.train import OPTIMIZERS
 
     pick("mechanism", config.mechanism, REGISTRY)
     pick("weight-channel", config.weight_channel, CHANNELS)
@@ -42,8 +42,8 @@ def check_names(config: RunConfig) -> None:
 def check_federated(config: RunConfig) -> None:
     """Settings the federated rounds do not support: structure, mode mask-only's requirements, unit scorers,
     a budget that could never bind."""
-    from fedprune.layouts import layout_for  # imported here: the round logic imports this package's config
-    from fedprune.rounds import no_guarantee
+    from fedprune.federated.layouts import layout_for  # imported here: the round logic imports this package's config
+    from fedprune.federated.rounds import no_guarantee
 
     why = no_guarantee(config) if config.budget_epsilon > 0 else None
     if why:

@@ -18,15 +18,16 @@ import torch
 from flwr.serverapp import Grid
 from flwr.serverapp.exception import AggregationError, PrivacyBudgetExhausted
 
-from fedprune import modes, run_folder
+from fedprune import run_folder
 from fedprune.config import RunConfig
-from fedprune.coordinator import Coordinator
-from fedprune.data import make_loader
-from fedprune.local import new_model, run_dataset
-from fedprune.masks import prunable_parameters
+from fedprune.data.datasets import make_loader
+from fedprune.federated import modes
+from fedprune.federated.coordinator import Coordinator
+from fedprune.federated.local import new_model, run_dataset
 from fedprune.privacy import replay, statement
 from fedprune.privacy.rng import RandomnessSource
-from fedprune.training import evaluate
+from fedprune.pruning.masks import prunable_parameters
+from fedprune.training.train import evaluate
 from server import report
 from server.strategy import FedPrune, from_record, to_record
 

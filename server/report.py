@@ -6,12 +6,13 @@ import math
 import os
 from pathlib import Path
 
-from fedprune import modes, run_folder
+from fedprune import run_folder
 from fedprune.config import METHODS, RunConfig
-from fedprune.privacy.weight_channel import CHANNELS
-from fedprune.coordinator import Coordinator
+from fedprune.federated import modes
+from fedprune.federated.coordinator import Coordinator
 from fedprune.privacy.mechanisms import mechanism_class
 from fedprune.privacy.rng import RandomnessSource
+from fedprune.privacy.weight_channel import CHANNELS
 
 
 def summary(config: RunConfig, coordinator: Coordinator, lines: list[dict], seconds: float, stopped,

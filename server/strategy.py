@@ -2,7 +2,7 @@
 
 ``FedPrune`` extends FedAvg (sampling, messaging and the loop stay Flower's): it adds the round's
 plan and the global mask to every training message, parses the replies, and hands them to a
-``fedprune.coordinator.Coordinator``. Malformed replies and dropouts are logged with their reason,
+``fedprune.federated.coordinator.Coordinator``. Malformed replies and dropouts are logged with their reason,
 counted, and left out; the round completes when ``min-replies`` well-formed replies remain.
 
 The DP weight channels are the coordinator's, not Flower's DP strategy wrappers: those noise the
@@ -23,9 +23,9 @@ from flwr.serverapp import Grid
 from flwr.serverapp.exception import AggregationError, PrivacyBudgetExhausted
 from flwr.serverapp.strategy import FedAvg
 
-from fedprune import protocol
-from fedprune.compact import MalformedReply
-from fedprune.coordinator import BudgetExhausted, Coordinator, Reply, TooFewReplies
+from fedprune.federated import keys, wire
+from fedprune.federated.compact import MalformedReply
+from fedprune.federated.coordinator import BudgetExhausted, Coordinator, Reply, TooFewReplies
 
 
 def to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
@@ -40,8 +40,8 @@ class FedPrune(FedAvg):
     """FedAvg whose rounds are planned, checked and aggregated by a fedprune Coordinator."""
 
     def __init__(self, coordinator: Coordinator, *, round_offset: int = 0, **fedavg):
-        super().__init__(fraction_evaluate=0.0, min_evaluate_nodes=0, weighted_by_key=protocol.NUM_EXAMPLES,
-                         arrayrecord_key=protocol.ARRAYS, configrecord_key=protocol.CONFIG, **fedavg)
+        super().__init__(fraction_evaluate=0.0, min_evaluate_nodes=0, weighted_by_key=keys.NUM_EXAMPLES,
+                         arrayrecord_key=keys.ARRAYS, configrecord_key=keys.CONFIG, **fedavg)
         self.coordinator = coordinator
         self.round_offset = round_offset
         self.plan = None
@@ -56,7 +56,7 @@ class FedPrune(FedAvg):
         except BudgetExhausted as error:
             raise PrivacyBudgetExhausted(str(error)) from None
         packed, length = coordinator.packed_mask()
-        request = protocol.TrainRequest(coordinator.config, self.plan, packed, length)
+        request = wire.TrainRequest(coordinator.config, self.plan, packed, length)
         values = {**dict(config), **request.to_config()}  # Flower's own keys (server-round) beside fedprune's
         self.sent = from_record(arrays)
         return list(super().configure_train(server_round, arrays, ConfigRecord(values), grid))
@@ -95,16 +95,16 @@ class FedPrune(FedAvg):
 
     def parse(self, reply: Message) -> Reply:
         content = reply.content
-        missing = [key for key in (protocol.ARRAYS, protocol.METRICS) if key not in content]
+        missing = [key for key in (keys.ARRAYS, keys.METRICS) if key not in content]
         if missing:
             raise MalformedReply(f"reply lacks {missing}")
         try:
-            weights = from_record(content.array_records[protocol.ARRAYS])
-            metrics = dict(content.metric_records[protocol.METRICS])
-            values = dict(content.config_records[protocol.REPORT]) if protocol.REPORT in content else None
+            weights = from_record(content.array_records[keys.ARRAYS])
+            metrics = dict(content.metric_records[keys.METRICS])
+            values = dict(content.config_records[keys.REPORT]) if keys.REPORT in content else None
         except (KeyError, TypeError, ValueError) as error:
             raise MalformedReply(f"reply records have the wrong types: {error}") from None
-        return self.coordinator.check_reply(self.plan, protocol.TrainReply.from_records(weights, metrics, values))
+        return self.coordinator.check_reply(self.plan, wire.TrainReply.from_records(weights, metrics, values))
 
     def summary(self) -> None:
         log(INFO, "\t├──> fedprune: method %s, mechanism %s, target sparsity %s", self.coordinator.config.method,
@@ -114,7 +114,7 @@ class FedPrune(FedAvg):
 
 def _client_id(reply: Message):
     try:
-        value = reply.content.metric_records[protocol.METRICS][protocol.CLIENT_ID]
+        value = reply.content.metric_records[keys.METRICS][keys.CLIENT_ID]
         return str(value) if isinstance(value, int) and value >= 0 else None
     except (KeyError, TypeError):
         return None

@@ -1,6 +1,6 @@
 """`fedprune analyze RUN_DIR [RUN_DIR ...]`: group accuracy gaps and the Lipschitz bound of runs' final models.
 
-What the pruning literature asks of a pruned model beyond its accuracy (``fedprune.analysis``):
+What the pruning literature asks of a pruned model beyond its accuracy (``fedprune.pruning.analysis``):
 does pruning cost some groups more than others, and does it change the network's certified
 Lipschitz upper bound (the product of its layers' spectral norms)? For each run folder this loads
 the final global model (``simulations.run_files.load_run``) and measures accuracy per class on the
@@ -19,9 +19,9 @@ import json
 import numpy as np
 
 from fedprune import run_folder
-from fedprune.analysis import gap, group_accuracy, lipschitz_bound, predictions
-from fedprune.local import client_data, run_dataset
-from fedprune.masks import density
+from fedprune.federated.local import client_data, run_dataset
+from fedprune.pruning.analysis import gap, group_accuracy, lipschitz_bound, predictions
+from fedprune.pruning.masks import density
 from simulations.reporting import markdown_table, write_json
 from simulations.run_files import load_run
 
@@ -65,7 +65,7 @@ def analyze_run(run_dir) -> dict:
         "lipschitz_bound": lipschitz_bound(model, data.input_shape),
         "notes": "per_class: accuracy on the test set's examples of each class; per_client: accuracy on the "
                  "client's own training share; gaps: best minus worst group; lipschitz_bound: product of the "
-                 "layers' spectral norms (fedprune.analysis), an upper bound on the model's l2 Lipschitz constant; "
+                 "layers' spectral norms (fedprune.pruning.analysis), an upper bound on the model's l2 Lipschitz constant; "
                  "per_client_label_mix: test accuracy a client sees on test examples drawn with its own label mix "
                  "(per-class test accuracy weighted by the client's label frequencies), which a model that "
                  "memorised the client's training share cannot inflate",

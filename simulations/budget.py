@@ -17,9 +17,9 @@ import argparse
 import json
 import math
 
-from fedprune.masks import kept_count
 from fedprune.privacy.mechanisms import REGISTRY
 from fedprune.privacy.planner import BudgetPlan, kept_schedule_for, plan_budget
+from fedprune.pruning.masks import kept_count
 from fedprune.validation import ConfigError, finite, sparsity
 from simulations import predict
 from simulations.reporting import markdown_table

@@ -14,13 +14,14 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from fedprune import footprint, run_folder
-from fedprune.data import load_dataset, make_loader
-from fedprune.masks import apply_masks, density, prunable_parameters
-from fedprune.models import build_model
-from fedprune.pruning import compute_masks
-from fedprune.schedules import Geometric, OneShot
-from fedprune.training import TrainConfig, evaluate, train
+from fedprune import run_folder
+from fedprune.data.datasets import load_dataset, make_loader
+from fedprune.deploy import footprint
+from fedprune.pruning.compute import compute_masks
+from fedprune.pruning.masks import apply_masks, density, prunable_parameters
+from fedprune.pruning.schedules import Geometric, OneShot
+from fedprune.training.models import build_model
+from fedprune.training.train import TrainConfig, evaluate, train
 from fedprune.validation import ConfigError, pick, positive_int, sparsity
 from simulations.reporting import markdown_table, run_dir, write_json
 

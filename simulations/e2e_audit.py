@@ -28,13 +28,13 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 import clients.app
-from fedprune import protocol
 from fedprune.config import RunConfig
-from fedprune.coordinator import Coordinator
-from fedprune.local import new_model
-from fedprune.masks import prunable_parameters
+from fedprune.federated import keys
+from fedprune.federated.coordinator import Coordinator
+from fedprune.federated.local import new_model
 from fedprune.privacy.audit import AuditResult, bound_from_scores
 from fedprune.privacy.weight_channel import clip
+from fedprune.pruning.masks import prunable_parameters
 from fedprune.validation import ConfigError
 from server.strategy import FedPrune, from_record, to_record
 
@@ -120,7 +120,7 @@ def audit_pipeline(config: RunConfig, *, trials: int = 1000, canary: int = 0, no
 
 def _canary_coordinate(config: RunConfig, sent, replies, canary: int, coordinator) -> tuple[str, int, float]:
     """(tensor, flat index, value): the prunable weight nearest the threshold in the round without the canary."""
-    others = [from_record(r.content[protocol.ARRAYS]) for i, r in enumerate(replies) if i != canary]
+    others = [from_record(r.content[keys.ARRAYS]) for i, r in enumerate(replies) if i != canary]
     updates = [clip({k: o[k] - sent[k] for k in sent}, config.clipping_norm) for o in others]
     mean = {n: np.asarray(sent[n], np.float64) + np.sum([u[n] for u in updates], axis=0) / len(replies) for n in sent}
     dense = coordinator.expand({n: v.astype(np.float32) for n, v in mean.items()})
@@ -142,11 +142,11 @@ def _with_canary(replies, canary: int, sent, name: str, index: int, step: float)
     reply = replies[canary]
     arrays = {n: np.array(v, dtype=np.float32) for n, v in sent.items()}
     arrays[name].reshape(-1)[index] += step
-    metrics = dict(reply.content[protocol.METRICS])
-    if protocol.NUM_EXAMPLES in metrics:
-        metrics[protocol.NUM_EXAMPLES] = CLAIMED_EXAMPLES
+    metrics = dict(reply.content[keys.METRICS])
+    if keys.NUM_EXAMPLES in metrics:
+        metrics[keys.NUM_EXAMPLES] = CLAIMED_EXAMPLES
     content = RecordDict(dict(reply.content))
-    content[protocol.ARRAYS] = ArrayRecord({n: Array(v) for n, v in arrays.items()})
-    content[protocol.METRICS] = MetricRecord(metrics)
+    content[keys.ARRAYS] = ArrayRecord({n: Array(v) for n, v in arrays.items()})
+    content[keys.METRICS] = MetricRecord(metrics)
     request = Message(content=RecordDict(), dst_node_id=reply.metadata.src_node_id, message_type="train")
     return [Message(content=content, reply_to=request) if i == canary else r for i, r in enumerate(replies)]

@@ -13,8 +13,9 @@ import json
 import os
 from pathlib import Path
 
-from fedprune import footprint, run_folder
-from fedprune.export import export_model
+from fedprune import run_folder
+from fedprune.deploy import footprint
+from fedprune.deploy.export import export_model
 from fedprune.validation import ConfigError
 from simulations.reporting import markdown_table
 from simulations.run_files import load_run

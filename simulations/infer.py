@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedprune.runtime import load
+from fedprune.deploy.runtime import load
 from fedprune.validation import ConfigError
 
 

@@ -3,7 +3,7 @@
 RUN_DIR is a run with exact votes (``epsilon-per-decision = inf``), or a sweep folder holding
 such runs. Its votes.npz records, per pruning event, how many clients kept each weight and the
 server's tie-break; the prediction replays those counts through the real mechanism, built as a
-run builds it (``fedprune.rounds.mechanism_for``) at each ``--epsilon-per-decision``, and gives the
+run builds it (``fedprune.federated.rounds.mechanism_for``) at each ``--epsilon-per-decision``, and gives the
 expected intersection over union (IoU) of the private server's kept set with the non-private one
 (``fedprune.privacy.replay``: an exact count law joined by a mean-field cut; ``--trials`` adds a
 Monte Carlo replay through the mechanism's own encode, aggregate and estimate). ``--clients``,
@@ -28,9 +28,9 @@ import numpy as np
 
 from fedprune import run_folder
 from fedprune.config import RunConfig, resolve
+from fedprune.federated.rounds import RoundPlan, mechanism_for
 from fedprune.privacy import replay
 from fedprune.privacy.mechanisms import REGISTRY
-from fedprune.rounds import RoundPlan, mechanism_for
 from fedprune.validation import ConfigError, pick
 from simulations.reporting import markdown_table
 

@@ -77,7 +77,7 @@ def simulate(settings: RunConfig | Mapping[str, object], progress=print, num_cpu
 
     ``num_cpus``: CPUs Ray may use (default all), so clients train one per CPU.
     """
-    from fedprune.local import check_partition
+    from fedprune.federated.local import check_partition
 
     config = run_folder.with_name(resolve(settings))
     check_partition(config)

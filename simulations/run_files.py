@@ -14,10 +14,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fedprune import modes, run_folder
+from fedprune import run_folder
 from fedprune.config import RunConfig, resolve
-from fedprune.local import new_model
-from fedprune.masks import prunable_parameters
+from fedprune.federated import modes
+from fedprune.federated.local import new_model
+from fedprune.pruning.masks import prunable_parameters
 from fedprune.validation import ConfigError
 
 

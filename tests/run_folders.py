@@ -5,12 +5,14 @@ import json
 import numpy as np
 import torch
 
-from fedprune import modes, run_folder
+from fedprune.federated import modes
+
+from fedprune import run_folder
 from fedprune.config import RunConfig
-from fedprune.local import new_model
-from fedprune.masks import apply_masks, prunable_parameters
+from fedprune.federated.local import new_model
+from fedprune.pruning.masks import apply_masks, prunable_parameters
 from fedprune.privacy.rng import RandomnessSource
-from fedprune.pruning import compute_masks
+from fedprune.pruning.compute import compute_masks
 from server import report
 
 

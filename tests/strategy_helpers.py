@@ -9,10 +9,10 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 import clients.app
-from fedprune import modes, protocol
+from fedprune.federated import modes, keys
 from fedprune.config import RunConfig
-from fedprune.local import new_model
-from fedprune.masks import prunable_parameters
+from fedprune.federated.local import new_model
+from fedprune.pruning.masks import prunable_parameters
 from server.strategy import FedPrune, to_record
 
 NODES = [11, 12, 13, 14]
@@ -51,10 +51,10 @@ def client_reply(message: Message, partition: int) -> Message:
 
 
 def replace_arrays(reply: Message, change) -> Message:
-    arrays = {name: array.numpy() for name, array in reply.content[protocol.ARRAYS].items()}
+    arrays = {name: array.numpy() for name, array in reply.content[keys.ARRAYS].items()}
     change(arrays)
     content = RecordDict(dict(reply.content))
-    content[protocol.ARRAYS] = ArrayRecord({name: Array(np.asarray(v)) for name, v in arrays.items()})
+    content[keys.ARRAYS] = ArrayRecord({name: Array(np.asarray(v)) for name, v in arrays.items()})
     return Message(content=content, reply_to=request_for(reply))
 
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from fedprune.analysis import gap, group_accuracy, lipschitz_bound, per_class_accuracy, spectral_norm
-from fedprune.models import build_model
+from fedprune.pruning.analysis import gap, group_accuracy, lipschitz_bound, per_class_accuracy, spectral_norm
+from fedprune.training.models import build_model
 from fedprune.validation import ConfigError
 
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 from run_folders import write_run_folder
 
-from fedprune.analysis import lipschitz_bound
-from fedprune.masks import density
+from fedprune.pruning.analysis import lipschitz_bound
+from fedprune.pruning.masks import density
 from fedprune.run_folder import ANALYSIS
 from fedprune.validation import ConfigError
 
@@ -21,8 +21,8 @@ def run_folder(tmp_path_factory):
 
 
 def test_analyze_writes_gaps_lipschitz_and_density_of_the_final_model(run_folder, capsys):
-    from fedprune.analysis import predictions
-    from fedprune.local import client_data, run_dataset
+    from fedprune.pruning.analysis import predictions
+    from fedprune.federated.local import client_data, run_dataset
     from simulations.cli import main
 
     folder, config, model, masks = run_folder

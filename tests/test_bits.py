@@ -5,7 +5,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from fedprune.bits import flatten_masks, pack, packed_length, unflatten_masks, unpack
+from fedprune.pruning.bits import flatten_masks, pack, packed_length, unflatten_masks, unpack
 from fedprune.validation import ConfigError
 
 bit_lists = st.lists(st.booleans(), min_size=0, max_size=300)

@@ -1,4 +1,4 @@
-"""Tests for fedprune.data and fedprune.hf_data: the offline datasets, the cache, the Hugging Face path."""
+"""Tests for fedprune.data.datasets and fedprune.data.hf: the offline datasets, the cache, the Hugging Face path."""
 
 import json
 import random
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-import fedprune.data as data
-from fedprune.data import load_dataset
+import fedprune.data.datasets as data
+from fedprune.data.datasets import load_dataset
 from fedprune.validation import ConfigError
 
 
@@ -113,7 +113,7 @@ def test_loading_leaves_global_random_state_alone_in_a_fresh_process(cache_dir):
     code = textwrap.dedent(f"""
         import random, numpy as np
         before = np.random.get_state(), random.getstate()
-        from fedprune.data import load_dataset, partition
+        from fedprune.data.datasets import load_dataset, partition
         load_dataset("digits")
         load_dataset("mnist1d", cache_dir={str(cache_dir)!r})
         partition(np.arange(60) % 3, 4, "dirichlet", seed=0)

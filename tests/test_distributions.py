@@ -6,8 +6,8 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from fedprune.distributions import DISTRIBUTIONS, erk, get_distribution, global_, uniform
-from fedprune.masks import kept_count
+from fedprune.pruning.distributions import DISTRIBUTIONS, erk, get_distribution, global_, uniform
+from fedprune.pruning.masks import kept_count
 from fedprune.validation import ConfigError
 
 SHAPES = {"conv.weight": (8, 3, 3, 3), "fc1.weight": (32, 72), "fc2.weight": (10, 32)}

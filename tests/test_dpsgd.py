@@ -12,11 +12,11 @@ from dp_accounting.pld import pld_privacy_accountant
 from opacus.accountants import create_accountant
 from torch import nn
 
-from fedprune.data import make_loader
-from fedprune.dpsgd import DPSGD
-from fedprune.models import build_model
+from fedprune.data.datasets import make_loader
+from fedprune.training.dpsgd import DPSGD
+from fedprune.training.models import build_model
 from fedprune.privacy.events import Gaussian
-from fedprune.training import TrainConfig, train
+from fedprune.training.train import TrainConfig, train
 from fedprune.validation import ConfigError
 
 DELTA = 1e-5
@@ -132,7 +132,7 @@ def test_state_round_trip_through_json_gives_the_same_epsilon():
     train_dp(model(), dp)
     train_dp(model(), dp, n=150, batch=50)
     state = json.loads(json.dumps(dp.state_dict()))
-    assert state["kind"] == "fedprune.dpsgd" and state["version"] == 1
+    assert state["kind"] == "fedprune.training.dpsgd" and state["version"] == 1
     assert state["noise_sources"] == {"seeded": 2, "os_entropy": 0}
     restored = DPSGD.from_state_dict(state)
     assert restored.history == dp.history and restored.events() == dp.events()

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 
 from fedprune.config import RunConfig
-from fedprune.coordinator import Coordinator, flatten_weights
+from fedprune.federated.coordinator import Coordinator, flatten_weights
 from fedprune.privacy import weight_channel
 from fedprune.privacy.rng import privacy_rng
 from fedprune.privacy.weight_channel import NoisedMean, clip
-from fedprune.rounds import next_global_masks, server_scores
+from fedprune.federated.rounds import next_global_masks, server_scores
 from simulations.e2e_audit import audit_pipeline
 
 pytestmark = pytest.mark.slow

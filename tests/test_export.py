@@ -8,14 +8,14 @@ import torch
 from run_folders import write_run_folder
 from torch import nn
 
-from fedprune import fpm
-from fedprune.export import export_model
-from fedprune.footprint import dense_bytes
-from fedprune.masks import apply_masks, density, prunable_parameters
-from fedprune.models import build_model
-from fedprune.pruning import compute_masks
+from fedprune.deploy import fpm
+from fedprune.deploy.export import export_model
+from fedprune.deploy.footprint import dense_bytes
+from fedprune.pruning.masks import apply_masks, density, prunable_parameters
+from fedprune.training.models import build_model
+from fedprune.pruning.compute import compute_masks
 from fedprune.run_folder import ANALYSIS
-from fedprune.runtime import load
+from fedprune.deploy.runtime import load
 from fedprune.validation import ConfigError
 
 

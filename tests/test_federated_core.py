@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedprune.aggregation import scatter, select_layer_masks, select_mask, weighted_average
-from fedprune.compact import MalformedReply, check_compact, compact, compact_shapes, expand
+from fedprune.federated.aggregation import scatter, select_layer_masks, select_mask, weighted_average
+from fedprune.federated.compact import MalformedReply, check_compact, compact, compact_shapes, expand
 from fedprune.config import RunConfig, resolve
 from fedprune.validation import ConfigError
 

@@ -1,4 +1,4 @@
-"""fedprune.kernels: every path computes the masked layer, on one and two threads; bad input is refused."""
+"""fedprune.deploy.kernels: every path computes the masked layer, on one and two threads; bad input is refused."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fedprune import kernels
-from fedprune.kernels import PATHS, Calibration, build, calibrate, candidates, native
-from fedprune.kernels.calibrate import torch_threads
-from fedprune.masks import block_masks, nm_masks
+from fedprune.deploy import kernels
+from fedprune.deploy.kernels import PATHS, Calibration, build, calibrate, candidates, native
+from fedprune.deploy.kernels.calibrate import torch_threads
+from fedprune.pruning.masks import block_masks, nm_masks
 from fedprune.validation import ConfigError
 
 

@@ -4,15 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from fedprune import layouts
-from fedprune.bits import flatten_masks
-from fedprune.coordinator import Coordinator
-from fedprune.layouts import LAYOUTS, Layout, layout_for, register
-from fedprune.layouts.units import UnitLayout
-from fedprune.layouts.weights import WeightLayout
-from fedprune.local import new_model
-from fedprune.masks import prunable_parameters
-from fedprune.rounds import local_mask_bits, next_global_masks, server_scores
+from fedprune.federated import layouts
+from fedprune.pruning.bits import flatten_masks
+from fedprune.federated.coordinator import Coordinator
+from fedprune.federated.layouts import LAYOUTS, Layout, layout_for, register
+from fedprune.federated.layouts.units import UnitLayout
+from fedprune.federated.layouts.weights import WeightLayout
+from fedprune.federated.local import new_model
+from fedprune.pruning.masks import prunable_parameters
+from fedprune.federated.rounds import local_mask_bits, next_global_masks, server_scores
 from fedprune.validation import ConfigError
 from strategy_helpers import small_config
 

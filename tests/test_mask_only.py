@@ -20,15 +20,16 @@ from flwr.common.serde import recorddict_to_proto
 from strategy_helpers import NODES, ListGrid
 
 import clients.app
-from fedprune import protocol, run_folder
+from fedprune import run_folder
+from fedprune.federated import keys, wire
 from fedprune.config import RunConfig, resolve
-from fedprune.coordinator import BudgetExhausted
-from fedprune.local import client_data, new_model
-from fedprune.mask_only import MaskOnlyCoordinator, client_round_mask_only
-from fedprune.masks import prunable_parameters
+from fedprune.federated.coordinator import BudgetExhausted
+from fedprune.federated.local import client_data, new_model
+from fedprune.federated.mask_only import MaskOnlyCoordinator, client_round_mask_only
+from fedprune.pruning.masks import prunable_parameters
 from fedprune.privacy.closed_form import rr_composition_epsilon
 from fedprune.privacy.rng import privacy_rng
-from fedprune.supermask import frozen_state
+from fedprune.training.supermask import frozen_state
 from fedprune.validation import ConfigError
 from server.strategy import FedPrune, to_record
 
@@ -99,7 +100,7 @@ def test_settings_mask_only_cannot_honour_fail_before_any_work(change):
 def test_frozen_weights_are_the_same_in_another_process():
     config = small_config()
     digest = hashlib.sha256(b"".join(v.tobytes() for v in frozen_state(config).values())).hexdigest()
-    code = ("import hashlib; from fedprune.config import RunConfig; from fedprune.supermask import frozen_state; "
+    code = ("import hashlib; from fedprune.config import RunConfig; from fedprune.training.supermask import frozen_state; "
             "c = RunConfig(mode='mask-only', dataset='digits', model='mlp', target_sparsity=0.5); "
             "print(hashlib.sha256(b''.join(v.tobytes() for v in frozen_state(c).values())).hexdigest())")
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -114,17 +115,17 @@ def test_a_round_uploads_one_packed_mask_sample_and_nothing_else():
     d = coordinator.length
     names = list(coordinator.masks)
     for message in messages:  # downlink: keep-probabilities only, never the frozen weights
-        arrays = {name: array.numpy() for name, array in message.content[protocol.ARRAYS].items()}
+        arrays = {name: array.numpy() for name, array in message.content[keys.ARRAYS].items()}
         assert list(arrays) == names and all(np.all(a == np.float32(0.5)) for a in arrays.values())
     replies = [client_reply(m, i) for i, m in enumerate(messages)]
     for reply in replies:
-        assert len(reply.content[protocol.ARRAYS]) == 0  # no weights, scores or probabilities
-        report = dict(reply.content.config_records[protocol.REPORT])
+        assert len(reply.content[keys.ARRAYS]) == 0  # no weights, scores or probabilities
+        report = dict(reply.content.config_records[keys.REPORT])
         assert report["mechanism"] == "clipped-bernoulli"
         assert report["setting.epsilon"] == 2.0 and report["setting.hamming_bound"] == d
         assert len(report["array.bits"]) == math.ceil(d / 8)
-        wire = recorddict_to_proto(reply.content).ByteSize()  # the whole serialized reply
-        assert math.ceil(d / 8) < wire < math.ceil(d / 8) + 1024
+        serialized = recorddict_to_proto(reply.content).ByteSize()  # the whole serialized reply
+        assert math.ceil(d / 8) < serialized < math.ceil(d / 8) + 1024
     arrays, metrics = strategy.aggregate_train(1, replies)
     assert metrics["valid-replies"] == 4 and coordinator.upload_bytes == [math.ceil(d / 8)] * 4
     probabilities = {name: array.numpy() for name, array in arrays.items()}
@@ -167,8 +168,8 @@ def test_exact_samples_at_epsilon_inf_carry_no_guarantee():
     replies = [client_reply(m, i) for i, m in enumerate(messages)]
     samples = []
     for reply in replies:
-        report = dict(reply.content.config_records[protocol.REPORT])
-        decoded = protocol.decode_report(report)  # an ordinary report of the exact mechanism, no kept count
+        report = dict(reply.content.config_records[keys.REPORT])
+        decoded = wire.decode_report(report)  # an ordinary report of the exact mechanism, no kept count
         assert decoded.mechanism == "exact" and dict(decoded.settings)["threat_model"] == "none"
         assert "kept" not in decoded.settings and decoded.bits.size == math.ceil(coordinator.length / 8)
         samples.append(np.unpackbits(decoded.bits, count=coordinator.length, bitorder="little"))
@@ -182,21 +183,21 @@ def test_exact_samples_at_epsilon_inf_carry_no_guarantee():
 
 def _report_entry(key, value):
     def change(content):
-        report = dict(content.config_records[protocol.REPORT])
+        report = dict(content.config_records[keys.REPORT])
         report[key] = value(report[key]) if callable(value) else value
-        content[protocol.REPORT] = ConfigRecord(report)
+        content[keys.REPORT] = ConfigRecord(report)
     return change
 
 
 BREAKAGES = {
-    "weights sent": lambda c: c.__setitem__(protocol.ARRAYS, ArrayRecord(
+    "weights sent": lambda c: c.__setitem__(keys.ARRAYS, ArrayRecord(
         {"head.weight": Array(np.zeros((10, 256), np.float32))})),
     "wrong length": _report_entry("length", lambda n: n - 1),
     "wrong mechanism": _report_entry("mechanism", "randomized-response"),
     "wrong dtype": _report_entry("array.bits", "not bytes"),
     "wrong byte count": _report_entry("array.bits", lambda b: b[:-1]),
     "exact votes": _report_entry("mechanism", "exact"),
-    "no report": lambda c: c.pop(protocol.REPORT),
+    "no report": lambda c: c.pop(keys.REPORT),
 }
 
 

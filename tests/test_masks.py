@@ -8,12 +8,12 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from fedprune.aggregation import select_layer_masks, select_mask
-from fedprune.masks import (apply_masks, block_masks, block_scores, check_masks, density, full_masks, global_masks,
+from fedprune.federated.aggregation import select_layer_masks, select_mask
+from fedprune.pruning.masks import (apply_masks, block_masks, block_scores, check_masks, density, full_masks, global_masks,
                             global_topk, intersect, keep_highest, layer_densities, layerwise_masks, monotone_scores,
                             nm_masks, parameter_shapes, prunable_parameters, topk, unit_masks)
-from fedprune.pruning import compute_masks
-from fedprune.scorers import magnitude
+from fedprune.pruning.compute import compute_masks
+from fedprune.pruning.scorers import magnitude
 from fedprune.validation import ConfigError
 
 SEEDS = [0, 1, 2]
@@ -246,14 +246,14 @@ def test_intersect_monotone_scores_and_check_masks():
 
 
 def _old_topk(flat: torch.Tensor, k: int) -> torch.Tensor:
-    """fedprune.masks.topk's selection before keep_highest: one stable descending sort."""
+    """fedprune.pruning.masks.topk's selection before keep_highest: one stable descending sort."""
     keep = torch.zeros(flat.shape, dtype=torch.bool)
     keep[torch.sort(flat, descending=True, stable=True).indices[:k]] = True
     return keep
 
 
 def _old_select_mask(frequencies, kept, tie_break=None, eligible=None):
-    """fedprune.aggregation.select_mask's selection before keep_highest: a lexsort on (frequency, |tie-break|)."""
+    """fedprune.federated.aggregation.select_mask's selection before keep_highest: a lexsort on (frequency, |tie-break|)."""
     tie = np.zeros(frequencies.size) if tie_break is None else np.abs(tie_break)
     if eligible is not None:
         kept = min(kept, int(eligible.sum()))

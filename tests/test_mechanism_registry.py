@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from fedprune.bits import pack
+from fedprune.pruning.bits import pack
 from fedprune.config import RunConfig
 from fedprune.privacy import events
 from fedprune.privacy.mechanisms import (

@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-from fedprune.bits import pack, unpack
+from fedprune.pruning.bits import pack, unpack
 from fedprune.privacy.events import BernoulliPair, Gaussian, randomized_response
 from fedprune.privacy.mechanisms import (
     REGISTRY,

@@ -1,11 +1,11 @@
-"""Tests for fedprune.models: shapes, seeded construction, specs and stable parameter names."""
+"""Tests for fedprune.training.models: shapes, seeded construction, specs and stable parameter names."""
 
 import json
 
 import pytest
 import torch
 
-from fedprune.models import CNN1D, CNN2D, MLP, build_model
+from fedprune.training.models import CNN1D, CNN2D, MLP, build_model
 from fedprune.validation import ConfigError
 
 CASES = [  # name, input shape, options, expected parameter names

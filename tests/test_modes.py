@@ -4,11 +4,11 @@ import dataclasses
 
 import pytest
 
-from fedprune import modes
+from fedprune.federated import modes
 from fedprune.config import MODES, RunConfig, resolve
-from fedprune.coordinator import Coordinator
-from fedprune.local import client_round
-from fedprune.mask_only import MaskOnlyCoordinator
+from fedprune.federated.coordinator import Coordinator
+from fedprune.federated.local import client_round
+from fedprune.federated.mask_only import MaskOnlyCoordinator
 from fedprune.privacy.rng import RandomnessSource
 from server import report
 from strategy_helpers import client_reply, setup, small_config

@@ -1,4 +1,4 @@
-"""Tests for fedprune.partitioning: partitions over clients and torch loaders."""
+"""Tests for fedprune.data.partitioning: partitions over clients and torch loaders."""
 
 import random
 import warnings
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedprune.partitioning import make_loader, partition
+from fedprune.data.partitioning import make_loader, partition
 from fedprune.validation import ConfigError
 
 # 1003 labels over 10 classes (fixed seed): every class has about 100 examples.

@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pytest
 
-from fedprune.bits import pack
+from fedprune.pruning.bits import pack
 from fedprune.config import RunConfig
 from fedprune.privacy import events
 from fedprune.privacy.accountant import Accountant
@@ -24,7 +24,7 @@ from fedprune.privacy.planner import kept_schedule_for, plan_budget
 from fedprune.privacy.recovery import predicted_recovery
 from fedprune.privacy.rng import privacy_rng
 from fedprune.privacy.spec import ReportSpec
-from fedprune.rounds import plan_round
+from fedprune.federated.rounds import plan_round
 from fedprune.validation import ConfigError
 from simulations import budget
 
@@ -93,7 +93,7 @@ def test_with_gaussian_weight_noise_the_whole_ledger_spends_the_budget():
 
 def test_the_planned_weight_channel_is_what_a_run_records_and_names_its_trust_model():
     from fedprune.config import RunConfig
-    from fedprune.coordinator import Coordinator
+    from fedprune.federated.coordinator import Coordinator
 
     plan = plan_budget(4.0, DELTA, length=D, kept=K, clients=50, pruning_events=2, rounds=10, weight_noise=20.0,
                        suggest=False)

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 
 from fedprune import run_folder
-from fedprune.aggregation import select_mask
-from fedprune.bits import pack
+from fedprune.federated.aggregation import select_mask
+from fedprune.pruning.bits import pack
 from fedprune.config import RunConfig
 from fedprune.privacy import replay
 from fedprune.privacy.mechanisms import REGISTRY, ReportSpec
 from fedprune.privacy.recovery import predicted_recovery_counts
-from fedprune.rounds import RoundPlan
+from fedprune.federated.rounds import RoundPlan
 from fedprune.validation import ConfigError
 from simulations import budget
 

@@ -12,8 +12,8 @@ import pytest
 from flwr.app import ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.serverapp.exception import PrivacyBudgetExhausted
 
-from fedprune import protocol
-from fedprune.compact import MalformedReply
+from fedprune.federated import keys
+from fedprune.federated.compact import MalformedReply
 from fedprune.privacy.closed_form import analytic_gaussian_epsilon, rr_composition_epsilon
 from strategy_helpers import ListGrid, client_reply, request_for, setup, small_config
 
@@ -23,7 +23,7 @@ DELTA = 1e-5
 
 def with_metrics(reply: Message, **extra) -> Message:
     content = RecordDict(dict(reply.content))
-    content[protocol.METRICS] = MetricRecord({**dict(reply.content[protocol.METRICS]), **extra})
+    content[keys.METRICS] = MetricRecord({**dict(reply.content[keys.METRICS]), **extra})
     return Message(content=content, reply_to=request_for(reply))
 
 
@@ -36,7 +36,7 @@ def with_metrics(reply: Message, **extra) -> Message:
 def test_clients_send_only_the_metrics_their_guarantee_counts(channel, sent):
     coordinator, strategy, messages = setup(small_config(weight_channel=channel, local_epochs=1))
     replies = [client_reply(m, i) for i, m in enumerate(messages)]
-    assert all(set(reply.content[protocol.METRICS]) == sent for reply in replies)
+    assert all(set(reply.content[keys.METRICS]) == sent for reply in replies)
     _, metrics = strategy.aggregate_train(1, replies)
     assert metrics["valid-replies"] == 4 and ("train-loss" in metrics) == (channel == "clear")
     assert set(coordinator.privacy()["channels"]["metrics"]["sent"]) == sent
@@ -70,10 +70,10 @@ def test_client_clipping_clients_clip_and_the_server_noises_the_clipped_mean():
     config = small_config(weight_channel="client-clipping", clipping_norm=0.05, noise_multiplier=1e-6,
                           local_epochs=1)
     coordinator, strategy, messages = setup(config)
-    assert messages[0].content[protocol.CONFIG][protocol.CLIPPING_NORM] == 0.05
+    assert messages[0].content[keys.CONFIG][keys.CLIPPING_NORM] == 0.05
     replies = [client_reply(m, i) for i, m in enumerate(messages)]
     for reply in replies:
-        update = [reply.content[protocol.ARRAYS][n].numpy() - strategy.sent[n] for n in strategy.sent]
+        update = [reply.content[keys.ARRAYS][n].numpy() - strategy.sent[n] for n in strategy.sent]
         assert math.sqrt(sum(float(np.sum(np.square(u, dtype=np.float64))) for u in update)) <= 0.05 * (1 + 1e-5)
     assert coordinator.privacy()["end_to_end"]["client"]["trust_model"] == "local"  # nothing released yet
     strategy.aggregate_train(1, replies)
@@ -167,9 +167,9 @@ def test_every_figure_names_its_trust_model(changes, record, client):
 
 def test_a_mask_only_reply_with_a_loss_is_rejected():
     from fedprune.config import resolve
-    from fedprune.local import new_model
-    from fedprune.mask_only import MaskOnlyCoordinator
-    from fedprune.masks import prunable_parameters
+    from fedprune.federated.local import new_model
+    from fedprune.federated.mask_only import MaskOnlyCoordinator
+    from fedprune.pruning.masks import prunable_parameters
 
     config = resolve({"mode": "mask-only", "dataset": "digits", "model": "mlp", "num-clients": 4})
     model = new_model(config)
@@ -182,9 +182,9 @@ def test_a_mask_only_reply_with_a_loss_is_rejected():
 def test_dpsgd_noise_comes_from_the_privacy_randomness_not_the_run_seed():
     import torch
 
-    from fedprune.dpsgd import DPSGD
-    from fedprune.local import client_data, client_round, new_model
-    from fedprune.masks import full_masks
+    from fedprune.training.dpsgd import DPSGD
+    from fedprune.federated.local import client_data, client_round, new_model
+    from fedprune.pruning.masks import full_masks
     from fedprune.privacy.rng import privacy_rng
 
     config = small_config(weight_channel="dpsgd", local_epochs=1)

@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from fedprune.distributions import DISTRIBUTIONS
-from fedprune.masks import density, global_masks, kept_count, layer_densities, prunable_parameters
-from fedprune.pruning import STRUCTURES, compute_masks
-from fedprune.scorers import SCORERS, random, taylor
+from fedprune.pruning.distributions import DISTRIBUTIONS
+from fedprune.pruning.masks import density, global_masks, kept_count, layer_densities, prunable_parameters
+from fedprune.pruning.compute import STRUCTURES, compute_masks
+from fedprune.pruning.scorers import SCORERS, random, taylor
 from fedprune.validation import ConfigError
 
 SHAPES = {"conv.weight": (8, 4, 3, 3), "fc1.weight": (16, 48), "fc2.weight": (8, 16)}

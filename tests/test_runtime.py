@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from fedprune import fpm, kernels
-from fedprune.export import export_model
-from fedprune.masks import apply_masks, prunable_parameters
-from fedprune.models import build_model
-from fedprune.pruning import compute_masks
-from fedprune.runtime import RuntimeModel, load
+from fedprune.deploy import fpm, kernels
+from fedprune.deploy.export import export_model
+from fedprune.pruning.masks import apply_masks, prunable_parameters
+from fedprune.training.models import build_model
+from fedprune.pruning.compute import compute_masks
+from fedprune.deploy.runtime import RuntimeModel, load
 from fedprune.validation import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]

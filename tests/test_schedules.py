@@ -5,7 +5,7 @@ from fractions import Fraction
 
 import pytest
 
-from fedprune.schedules import SCHEDULES, Constant, Geometric, OneShot, Polynomial, make_schedule
+from fedprune.pruning.schedules import SCHEDULES, Constant, Geometric, OneShot, Polynomial, make_schedule
 from fedprune.validation import ConfigError
 
 RUN = range(1, 41)

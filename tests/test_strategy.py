@@ -10,7 +10,7 @@ import pytest
 from flwr.app import ConfigRecord, Error, Message, RecordDict
 from flwr.serverapp.exception import AggregationError, PrivacyBudgetExhausted
 
-from fedprune import protocol
+from fedprune.federated import keys, wire
 from fedprune.validation import ConfigError
 from strategy_helpers import client_reply, replace_arrays, request_for, setup, small_config
 
@@ -23,10 +23,10 @@ def test_private_round_sends_only_encoded_masks_and_prunes():
     assert len(messages) == 4
     replies = [client_reply(m, i) for i, m in enumerate(messages)]
     for reply in replies:
-        report = dict(reply.content.config_records[protocol.REPORT])
+        report = dict(reply.content.config_records[keys.REPORT])
         assert report["mechanism"] != "exact"  # never the exact mask
         assert report["mechanism"] == "randomized-response" and report["setting.epsilon"] == 1.0
-        assert protocol.decode_report(report).bits.size == (strategy.plan.report_length + 7) // 8
+        assert wire.decode_report(report).bits.size == (strategy.plan.report_length + 7) // 8
     arrays, metrics = strategy.aggregate_train(1, replies)
     assert metrics["valid-replies"] == 4 and coordinator.density() == pytest.approx(0.5, abs=1e-3)
     kept = {name: int(mask.sum()) for name, mask in coordinator.masks.items()}
@@ -42,7 +42,7 @@ def test_exact_votes_rounds_are_counted_as_unprotected(change):
     coordinator, strategy, messages = setup(config)
     replies = [client_reply(m, i) for i, m in enumerate(messages)]
     for reply in replies:  # an ordinary mask report of the exact mechanism: the true mask, kept count checked
-        report = protocol.decode_report(dict(reply.content.config_records[protocol.REPORT]))
+        report = wire.decode_report(dict(reply.content.config_records[keys.REPORT]))
         assert report.mechanism == "exact" and report.settings["kept"] == strategy.plan.kept
     strategy.aggregate_train(1, replies)
     assert coordinator.epsilon(mask_channel=True) == {"record": None, "client": None}
@@ -86,14 +86,14 @@ def test_bad_reports_missing_records_and_dropouts_are_rejected():
     replies = [client_reply(m, i) for i, m in enumerate(messages)]
 
     wrong_length = RecordDict(dict(replies[0].content))
-    report = dict(replies[0].content.config_records[protocol.REPORT])
+    report = dict(replies[0].content.config_records[keys.REPORT])
     report["length"] = report["length"] - 1
-    wrong_length[protocol.REPORT] = ConfigRecord(report)
+    wrong_length[keys.REPORT] = ConfigRecord(report)
     other_mechanism = RecordDict(dict(replies[1].content))
-    report = dict(replies[1].content.config_records[protocol.REPORT])
+    report = dict(replies[1].content.config_records[keys.REPORT])
     report["mechanism"] = "oue"
-    other_mechanism[protocol.REPORT] = ConfigRecord(report)
-    no_metrics = RecordDict({protocol.ARRAYS: replies[2].content[protocol.ARRAYS]})
+    other_mechanism[keys.REPORT] = ConfigRecord(report)
+    no_metrics = RecordDict({keys.ARRAYS: replies[2].content[keys.ARRAYS]})
     broken = [Message(content=c, reply_to=request_for(r)) for c, r in
               [(wrong_length, replies[0]), (other_mechanism, replies[1]), (no_metrics, replies[2])]]
     dropout = Message(Error(code=0, reason="client crashed"), reply_to=request_for(replies[3]))

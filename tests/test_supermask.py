@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from fedprune.bits import pack, unpack
+from fedprune.pruning.bits import pack, unpack
 from fedprune.config import RunConfig
-from fedprune.data import make_loader
-from fedprune.local import client_data, new_model
-from fedprune.masks import prunable_parameters
+from fedprune.data.datasets import make_loader
+from fedprune.federated.local import client_data, new_model
+from fedprune.pruning.masks import prunable_parameters
 from fedprune.privacy.audit import audit
 from fedprune.privacy.mechanisms import ExactVotes, RandomizedResponse
 from fedprune.privacy.mechanisms.clipped_bernoulli import ClippedBernoulli, clipped_sample
@@ -25,8 +25,8 @@ from fedprune.privacy.mechanisms.packed import SCALE, threshold
 from fedprune.privacy.mechanisms.randomized_response import flip_probability
 from fedprune.privacy.rng import privacy_rng
 from fedprune.privacy.spec import ReportSpec
-from fedprune.supermask import ScoreModel, _frozen, frozen_state, initial_scores, solve_shift
-from fedprune.training import TrainConfig
+from fedprune.training.supermask import ScoreModel, _frozen, frozen_state, initial_scores, solve_shift
+from fedprune.training.train import TrainConfig
 from fedprune.validation import ConfigError
 
 DIGITS = dict(dataset="digits", model="mlp", seed=3, target_sparsity=0.5)

@@ -10,12 +10,12 @@ import pytest
 import torch
 from torch import nn
 
-from fedprune.data import load_dataset, make_loader
-from fedprune.dpsgd import DPSGD
-from fedprune.masks import apply_masks, prunable_parameters
-from fedprune.models import build_model
-from fedprune.pruning import compute_masks
-from fedprune.training import MaskEnforcer, TrainConfig, evaluate, gradient_statistics, train
+from fedprune.data.datasets import load_dataset, make_loader
+from fedprune.training.dpsgd import DPSGD
+from fedprune.pruning.masks import apply_masks, prunable_parameters
+from fedprune.training.models import build_model
+from fedprune.pruning.compute import compute_masks
+from fedprune.training.train import MaskEnforcer, TrainConfig, evaluate, gradient_statistics, train
 from fedprune.validation import ConfigError
 
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from fedprune.config import RunConfig
-from fedprune.coordinator import Coordinator
-from fedprune.layouts.units import alive_units, plan_sizes, unit_counts
-from fedprune.local import new_model
-from fedprune.masks import as_units, prunable_parameters
+from fedprune.federated.coordinator import Coordinator
+from fedprune.federated.layouts.units import alive_units, plan_sizes, unit_counts
+from fedprune.federated.local import new_model
+from fedprune.pruning.masks import as_units, prunable_parameters
 from fedprune.privacy.closed_form import rr_composition_epsilon
 from fedprune.validation import ConfigError
 from strategy_helpers import client_reply, setup, small_config

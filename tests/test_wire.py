@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Error, Message, RecordDict
 
-from fedprune import protocol
-from fedprune.compact import MalformedReply
+from fedprune.federated import keys, wire
+from fedprune.federated.compact import MalformedReply
 from fedprune.config import SERVER_ONLY
 from fedprune.privacy.mechanisms import MaskReport
 from fedprune.validation import ConfigError
@@ -18,11 +18,11 @@ def test_a_request_carries_only_what_a_client_needs_and_reads_back_the_same():
     config = small_config(run_name="private-name", output_dir="/srv/secret", budget_epsilon=1e9,
                           weight_channel="server-clipping")
     coordinator, strategy, messages = setup(config)
-    values = dict(messages[0].content.config_records[protocol.CONFIG])
-    sent = {key[len(protocol.SETTING_PREFIX):] for key in values if key.startswith(protocol.SETTING_PREFIX)}
+    values = dict(messages[0].content.config_records[keys.CONFIG])
+    sent = {key[len(keys.SETTING_PREFIX):] for key in values if key.startswith(keys.SETTING_PREFIX)}
     assert sent == set(config.to_mapping()) - SERVER_ONLY
     assert not any("/srv/secret" in str(value) or "private-name" in str(value) or value == 1e9 for value in values.values())
-    request = protocol.TrainRequest.from_config(values)
+    request = wire.TrainRequest.from_config(values)
     assert request.plan == strategy.plan
     for key in sent:  # the client resolves what it was sent to the server's values
         assert request.config.to_mapping()[key] == config.to_mapping()[key]
@@ -35,10 +35,10 @@ def test_a_request_carries_only_what_a_client_needs_and_reads_back_the_same():
 def test_keys_flower_adds_are_left_alone_by_the_client():
     coordinator, strategy, messages = setup(small_config())
     message = messages[0]
-    values = dict(message.content.config_records[protocol.CONFIG])
+    values = dict(message.content.config_records[keys.CONFIG])
     assert values["server-round"] == 1  # FedAvg's own key travels beside fedprune's
     values["some-key-a-later-flower-adds"] = "x"
-    content = RecordDict({**dict(message.content), protocol.CONFIG: ConfigRecord(values)})
+    content = RecordDict({**dict(message.content), keys.CONFIG: ConfigRecord(values)})
     changed = Message(content=content, dst_node_id=message.metadata.dst_node_id, message_type="train")
     reply = client_reply(changed, 0)
     assert not reply.has_error()
@@ -48,24 +48,24 @@ def test_keys_flower_adds_are_left_alone_by_the_client():
 
 def test_client_clipping_sends_flowers_clipping_norm():
     config = small_config(weight_channel="client-clipping", clipping_norm=0.7)
-    values = dict(setup(config)[2][0].content.config_records[protocol.CONFIG])
-    assert values[protocol.CLIPPING_NORM] == 0.7
-    assert protocol.CLIPPING_NORM not in dict(setup(small_config())[2][0].content.config_records[protocol.CONFIG])
+    values = dict(setup(config)[2][0].content.config_records[keys.CONFIG])
+    assert values[keys.CLIPPING_NORM] == 0.7
+    assert keys.CLIPPING_NORM not in dict(setup(small_config())[2][0].content.config_records[keys.CONFIG])
 
 
 def test_a_reply_round_trips_and_a_bad_one_is_malformed():
     report = MaskReport(mechanism="randomized-response", length=10, settings={"epsilon": 1.0},
                         bits=np.array([0b1010], dtype=np.uint8).repeat(2))
-    reply = protocol.TrainReply(weights={"w": np.ones(3, np.float32)}, metrics={protocol.CLIENT_ID: 4},
+    reply = wire.TrainReply(weights={"w": np.ones(3, np.float32)}, metrics={keys.CLIENT_ID: 4},
                                 report=report, dpsgd={"history": [(1.2, 0.1, 30)]})
     arrays, metrics, values = reply.to_records()
-    back = protocol.TrainReply.from_records(arrays, metrics, values)
+    back = wire.TrainReply.from_records(arrays, metrics, values)
     assert back.metrics == metrics and back.dpsgd == {"history": [(1.2, 0.1, 30)]}
     assert np.array_equal(back.report.bits, report.bits) and back.report.mechanism == report.mechanism
     with pytest.raises(MalformedReply, match="DP-SGD metrics need all of"):
-        protocol.TrainReply.from_records(arrays, {protocol.CLIENT_ID: 4, "dpsgd-noise": [1.0]}, None)
+        wire.TrainReply.from_records(arrays, {keys.CLIENT_ID: 4, "dpsgd-noise": [1.0]}, None)
     with pytest.raises(MalformedReply, match="not a known byte array"):
-        protocol.TrainReply.from_records(arrays, metrics, {**values, "array.bogus": b"\x00"})
+        wire.TrainReply.from_records(arrays, metrics, {**values, "array.bogus": b"\x00"})
 
 
 def test_the_strategy_counts_a_dropout_through_the_coordinator():

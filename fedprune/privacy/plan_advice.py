@@ -42,10 +42,11 @@ def warnings(request, plan, tolerance) -> list[str]:
     return out
 
 
-def suggestions(request, plan) -> list[dict]:
-    """Each alternative that could bring the error under the signal, planned on the same budget."""
-    from fedprune.privacy import planner  # the planner calls this module: import at use
+def suggestions(request, plan, replan) -> list[dict]:
+    """Each alternative that could bring the error under the signal, planned on the same budget.
 
+    ``replan(**settings, suggest=False)`` plans one alternative (the planner passes its ``plan_budget``).
+    """
     d, schedule = request["length"], request["kept_schedule"]
     out = [{"change": "more clients", "setting": {"clients": plan.clients_needed},
             "standard_error": plan.signal / 2, "clients_needed": plan.clients_needed}]
@@ -76,7 +77,7 @@ def suggestions(request, plan) -> list[dict]:
         for name in ("schedule_given", "sizes", "hamming_bound", *(("pruning_events",) if settings["kept_schedule"] else ())):
             settings.pop(name)
         try:
-            other = planner.plan_budget(**settings, suggest=False)
+            other = replan(**settings, suggest=False)
         except ConfigError as error:
             out.append({**entry, "infeasible": str(error)})
             continue

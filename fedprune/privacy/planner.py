@@ -4,7 +4,7 @@ The ledger. ``plan_budget`` searches the run's setting that fixes the mechanism'
 ``epsilon_key``: ``epsilon-per-decision`` for per-bit mechanisms, ``epsilon-per-report`` for subset and,
 at delta, central) until the real
 :class:`~fedprune.privacy.accountant.Accountant` reports the target for the ledger a run keeps
-(``fedprune.coordinator``) for its worst client, who takes part in every round: in each pruning
+(``fedprune.federated.coordinator``) for its worst client, who takes part in every round: in each pruning
 event the mechanism's ``event()`` (built by ``fedprune.privacy.mechanisms.build``, as a run builds it), and per
 round a weight-channel release: the events of ``weight_channel.NoisedMean`` at the given noise
 multiplier (a run's server-clipping or client-clipping DP-FedAvg: a Gaussian of sensitivity 2 on the
@@ -46,15 +46,15 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.optimize import brentq
 
-from fedprune.masks import kept_count
 from fedprune.privacy import plan_advice, weight_channel
 from fedprune.privacy.accountant import Accountant
 from fedprune.privacy.closed_form import analytic_gaussian_sigma
+from fedprune.privacy.mechanisms import REGISTRY, Mechanism, MechanismSettings, build
 from fedprune.privacy.plan_request import UNITS, WEIGHT_CHANNELS, check_request
 from fedprune.privacy.recovery import recovery
-from fedprune.privacy.mechanisms import REGISTRY, Mechanism, MechanismSettings, build
 from fedprune.privacy.spec import ReportSpec
 from fedprune.privacy.trust import holds_against, weakest
+from fedprune.pruning.masks import kept_count
 from fedprune.validation import ConfigError, probability, sparsity
 
 SETTING_RANGE = (1e-8, 20.0)  # searched epsilon setting: below, reports are noise; above, no privacy
@@ -163,7 +163,7 @@ def plan_budget(epsilon: float, delta: float, *, length: int, kept: int, clients
         error_above_signal=any(e["standard_error"] > e["signal"] / 2 for e in per_event), per_event=per_event)
     plan = dataclasses.replace(plan, warnings=tuple(plan_advice.warnings(request, plan, tolerance)))
     if plan.error_above_signal and suggest:
-        plan = dataclasses.replace(plan, suggestions=tuple(plan_advice.suggestions(request, plan)))
+        plan = dataclasses.replace(plan, suggestions=tuple(plan_advice.suggestions(request, plan, plan_budget)))
     return plan
 
 

@@ -13,7 +13,7 @@ import numpy as np
 from scipy.optimize import brentq
 from scipy.stats import binom, norm
 
-from fedprune.aggregation import select_mask
+from fedprune.federated.aggregation import select_mask
 from fedprune.validation import ConfigError
 
 EXACT_COUNT_WORK = 2e8  # above this many operations the count law gives way to the normal one

@@ -42,9 +42,9 @@ import numpy as np
 from scipy.optimize import brentq
 from scipy.stats import norm
 
-from fedprune.aggregation import select_mask
-from fedprune.bits import pack, unpack
+from fedprune.federated.aggregation import select_mask
 from fedprune.privacy.recovery import predicted_recovery, predicted_recovery_counts
+from fedprune.pruning.bits import pack, unpack
 from fedprune.run_folder import VOTES
 from fedprune.validation import ConfigError
 

@@ -9,13 +9,13 @@ against. A figure of None comes with the releases that made it none.
 
 from __future__ import annotations
 
-from fedprune import protocol
 from fedprune.config import RunConfig
+from fedprune.federated import keys
+from fedprune.federated.rounds import mask_post_processing_units
 from fedprune.privacy.accountant import Accountant
 from fedprune.privacy.mechanisms import mechanism_class
 from fedprune.privacy.trust import TRUST_MODELS, holds_against, weakest
 from fedprune.privacy.weight_channel import WeightChannel
-from fedprune.rounds import mask_post_processing_units
 
 UNITS = ("record", "client")
 
@@ -35,13 +35,13 @@ def channel_trust(config: RunConfig, channel: WeightChannel | None) -> dict[str,
 
 def metrics_sent(channel: WeightChannel | None) -> list[str]:
     """The metric keys a client sends (mask-only: ``channel`` None, the client id alone)."""
-    return [protocol.CLIENT_ID] if channel is None else list(channel.metrics)
+    return [keys.CLIENT_ID] if channel is None else list(channel.metrics)
 
 
 def _metrics_trust(channel: WeightChannel | None, unit: str) -> str:
     # the client id and DP-SGD's parameters are public; the example count is unchanged by replacing one record
     sent = set(metrics_sent(channel))
-    if sent & set(protocol.PLAIN_METRICS) or (protocol.NUM_EXAMPLES in sent and unit == "client"):
+    if sent & set(keys.PLAIN_METRICS) or (keys.NUM_EXAMPLES in sent and unit == "client"):
         return "none"
     return "local"
 

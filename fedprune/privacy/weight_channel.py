@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedprune import protocol
-from fedprune.aggregation import weighted_average
+from fedprune.federated import keys
+from fedprune.federated.aggregation import weighted_average
 from fedprune.privacy import events
 from fedprune.privacy.rng import check_generator
 from fedprune.validation import ConfigError, positive
@@ -51,7 +51,7 @@ class Clear:
 
     name: str = "clear"
     # the metrics a client sends: loss and time too, since nothing it sends is protected anyway
-    metrics: tuple = (protocol.CLIENT_ID, protocol.NUM_EXAMPLES, *protocol.PLAIN_METRICS)
+    metrics: tuple = (keys.CLIENT_ID, keys.NUM_EXAMPLES, *keys.PLAIN_METRICS)
     protects_weights: tuple = ()   # units in which a client's trained weights are a DP output
 
     def trust(self, unit: str) -> str:
@@ -71,7 +71,7 @@ class NoisedMean:
     name: str
     noise_multiplier: float
     clipping_norm: float
-    metrics: tuple = (protocol.CLIENT_ID,)  # the client id is public; nothing else is counted, so nothing else sent
+    metrics: tuple = (keys.CLIENT_ID,)  # the client id is public; nothing else is counted, so nothing else sent
     protects_weights: tuple = ()   # each client's own weights are not noised: a mask scored from them is charged
 
     def __post_init__(self):
@@ -105,7 +105,7 @@ class DpSgd:
 
     name: str = "dpsgd"
     # the example count is invariant under replace-one of a record; the DP-SGD accounting is public parameters
-    metrics: tuple = (protocol.CLIENT_ID, protocol.NUM_EXAMPLES, *protocol.DPSGD_KEYS)
+    metrics: tuple = (keys.CLIENT_ID, keys.NUM_EXAMPLES, *keys.DPSGD_KEYS)
     protects_weights: tuple = ("record",)
 
     def trust(self, unit: str) -> str:
@@ -126,7 +126,7 @@ WeightChannel = Clear | NoisedMean | DpSgd
 
 def uses_examples(channel: WeightChannel) -> bool:
     """Whether the channel averages by example count (and so its clients send it)."""
-    return protocol.NUM_EXAMPLES in channel.metrics
+    return keys.NUM_EXAMPLES in channel.metrics
 
 
 def build(name: str, noise_multiplier: float, clipping_norm: float) -> WeightChannel:

@@ -1,6 +1,6 @@
 """What every mask-report mechanism shares: the report on the wire, the tally, the interface.
 
-A client encodes its true mask (``fedprune.bits.pack`` of the flat bool mask) into a
+A client encodes its true mask (``fedprune.pruning.bits.pack`` of the flat bool mask) into a
 :class:`MaskReport`; the server checks every report against its own mechanism (name, length,
 settings, payload shape and dtype), adds them into a :class:`VoteTally`, and debiases the tally
 into an unbiased keep-frequency per coordinate. Each mechanism states its privacy three ways:
@@ -19,10 +19,10 @@ from types import MappingProxyType
 
 import numpy as np
 
-from fedprune.bits import check_packed, pack, unpack
 from fedprune.privacy.events import Event
 from fedprune.privacy.rng import check_generator
 from fedprune.privacy.spec import ReportSpec
+from fedprune.pruning.bits import check_packed, pack, unpack
 from fedprune.validation import ConfigError
 
 Setting = str | int | float

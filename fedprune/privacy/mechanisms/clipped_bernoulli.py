@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedprune.bits import packed_length, unpack
 from fedprune.privacy.mechanisms.base import check_epsilon
 from fedprune.privacy.mechanisms.packed import NOISE_CHUNK, SCALE
 from fedprune.privacy.mechanisms.randomized_response import RandomizedResponse
 from fedprune.privacy.mechanisms.registry import register
 from fedprune.privacy.rng import check_generator
+from fedprune.pruning.bits import packed_length, unpack
 from fedprune.validation import ConfigError
 
 

@@ -11,7 +11,6 @@ import math
 
 import numpy as np
 
-from fedprune.bits import unpack
 from fedprune.privacy.events import Unprotected
 from fedprune.privacy.mechanisms.base import (
     MaskReport,
@@ -24,6 +23,7 @@ from fedprune.privacy.mechanisms.base import (
 from fedprune.privacy.mechanisms.clipped_bernoulli import clipped_sample
 from fedprune.privacy.mechanisms.packed import count_ones
 from fedprune.privacy.mechanisms.registry import register
+from fedprune.pruning.bits import unpack
 from fedprune.validation import ConfigError
 
 

@@ -1,4 +1,4 @@
-"""Kernels on packed bits (``fedprune.bits`` layout): exact Bernoulli noise and vote counts.
+"""Kernels on packed bits (``fedprune.pruning.bits`` layout): exact Bernoulli noise and vote counts.
 
 Noise: a coordinate is 1 when a uniform 32-bit integer falls below an integer threshold T, so
 its probability is exactly T / 2**32 (numpy draws full-range uint32 exactly uniformly).
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fedprune.bits import packed_length
+from fedprune.pruning.bits import packed_length
 from fedprune.validation import ConfigError
 
 SCALE = 1 << 32

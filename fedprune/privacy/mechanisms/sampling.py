@@ -18,7 +18,6 @@ import numbers
 
 import numpy as np
 
-from fedprune.bits import pack, unpack
 from fedprune.privacy.events import BernoulliPair
 from fedprune.privacy.mechanisms.base import (
     MaskReport,
@@ -32,6 +31,7 @@ from fedprune.privacy.mechanisms.base import (
 from fedprune.privacy.mechanisms.packed import implemented, threshold, threshold_bits
 from fedprune.privacy.mechanisms.randomized_response import flip_probability
 from fedprune.privacy.mechanisms.registry import register
+from fedprune.pruning.bits import pack, unpack
 from fedprune.validation import ConfigError
 
 PUBLIC_DOMAIN = 0x46505342  # spawn key that keeps public streams apart from any seeded privacy stream

@@ -26,11 +26,11 @@ import numbers
 import numpy as np
 from scipy.special import gammaln
 
-from fedprune.bits import pack, unpack
 from fedprune.privacy.events import randomized_response
 from fedprune.privacy.mechanisms.base import MaskReport, Mechanism, VoteTally, check_epsilon
 from fedprune.privacy.mechanisms.randomized_response import binary_variance
 from fedprune.privacy.mechanisms.registry import register
+from fedprune.pruning.bits import pack, unpack
 from fedprune.validation import ConfigError
 
 FLOAT_MARGIN = 1e-9  # relative epsilon margin that covers float64 error in P_hit

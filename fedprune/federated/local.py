@@ -1,0 +1,112 @@
+"""A client's side of one round: load the global model, train under the mask, report a mask.
+
+``client_round`` is everything a ClientApp does between parsing a message and packing its reply.
+The data a client trains on is its partition of the run's dataset (``client_data``), cut the
+same way on every node from the run's seed.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedprune.config import RunConfig
+from fedprune.data.datasets import load_dataset, make_loader, partition
+from fedprune.federated import keys, wire
+from fedprune.federated.compact import compact, expand
+from fedprune.federated.rounds import RoundPlan, encode_local_mask, local_mask_bits
+from fedprune.pruning.masks import prunable_parameters
+from fedprune.pruning.scorers import DATA_SCORERS
+from fedprune.training.models import build_model
+from fedprune.training.train import TrainConfig, gradient_statistics, train
+from fedprune.validation import ConfigError
+
+
+def train_config(config: RunConfig) -> TrainConfig:
+    return TrainConfig(epochs=config.local_epochs, learning_rate=config.learning_rate, optimizer=config.optimizer,
+                       momentum=config.momentum, weight_decay=config.weight_decay, batch_size=config.batch_size)
+
+
+@functools.lru_cache(maxsize=4)
+def run_dataset(name: str, seed: int):
+    """The run's dataset, loaded once per process (clients and the server's evaluation share it)."""
+    return load_dataset(name, seed=seed)
+
+
+@functools.lru_cache(maxsize=4)
+def _partitions(name: str, seed: int, method: str, num_partitions: int, alpha: float, classes: int):
+    labels = run_dataset(name, seed).y_train
+    return partition(labels, num_partitions, method, alpha=alpha, classes_per_partition=classes, seed=seed)
+
+
+def check_partition(config: RunConfig) -> None:
+    """ConfigError, with the settings that fix it, if the run's data cannot be split among its clients.
+
+    Run once before any work, so a split that fails does not fail inside every client instead.
+    """
+    try:
+        _partitions(config.dataset, config.seed, config.partitioner, config.num_clients, config.dirichlet_alpha,
+                    config.classes_per_client)
+    except ConfigError as error:
+        examples = len(run_dataset(config.dataset, config.seed).y_train)
+        raise ConfigError(f"cannot split {config.dataset}'s {examples} training examples among {config.num_clients} "
+                          f"clients by {config.partitioner} ({error}); use fewer clients, raise dirichlet-alpha (now "
+                          f"{config.dirichlet_alpha:g}) or set partitioner iid") from None
+
+
+def client_data(config: RunConfig, partition_id: int, num_partitions: int) -> tuple[np.ndarray, np.ndarray]:
+    """This client's training examples: partition ``partition_id`` of ``num_partitions``."""
+    if isinstance(partition_id, bool) or not isinstance(partition_id, int) or not 0 <= partition_id < num_partitions:
+        raise ConfigError(f"partition-id must be an integer in [0, {num_partitions}), got {partition_id!r}")
+    data = run_dataset(config.dataset, config.seed)
+    parts = _partitions(config.dataset, config.seed, config.partitioner, num_partitions,
+                        config.dirichlet_alpha, config.classes_per_client)
+    index = parts[partition_id]
+    return data.x_train[index], data.y_train[index]
+
+
+def new_model(config: RunConfig) -> nn.Module:
+    """The run's model at its seeded initialisation (the same on every node)."""
+    data = run_dataset(config.dataset, config.seed)
+    return build_model(config.model, data.input_shape, data.num_classes, seed=config.seed)
+
+
+def client_round(config: RunConfig, plan: RoundPlan, model: nn.Module, global_weights: Mapping[str, np.ndarray],
+                 global_masks: Mapping[str, torch.Tensor], examples: tuple[np.ndarray, np.ndarray], *,
+                 client: int, generator: torch.Generator, privacy_rng: np.random.Generator, dp=None) -> wire.TrainReply:
+    """Train on ``examples`` under the global mask and, on a reporting round, report a local mask."""
+    started = time.perf_counter()
+    shapes = {name: tuple(value.shape) for name, value in model.state_dict().items()}
+    numpy_masks = {name: mask.numpy() for name, mask in global_masks.items()}
+    state = expand(global_weights, numpy_masks, shapes)
+    model.load_state_dict({name: torch.from_numpy(value) for name, value in state.items()})
+
+    x, y = examples
+    loader = make_loader(x, y, config.batch_size, shuffle=True, generator=generator)
+    # DP-SGD's noise and Poisson batches must be secret: drawn from the privacy randomness (OS entropy unless
+    # privacy-seed is set), never from ``generator``, which anyone holding the run's seed can rebuild
+    dp_generator = None if dp is None else torch.Generator().manual_seed(int(privacy_rng.integers(2**63)))
+    trained = train(model, loader, train_config(config), masks=dict(global_masks), dp=dp,
+                    generator=generator if dp is None else dp_generator)
+
+    report = None
+    if plan.report:
+        params = {name: p.detach() for name, p in prunable_parameters(model).items()}
+        extra = {}
+        if config.scorer in DATA_SCORERS:
+            grads, fisher = gradient_statistics(model, make_loader(x, y, config.batch_size, shuffle=False))
+            extra = {"grads": grads} if config.scorer == "taylor" else {"fisher": fisher}
+        bits = local_mask_bits(config, plan, params, global_masks, generator=generator, **extra)
+        report = encode_local_mask(config, plan, bits, privacy_rng, client)
+
+    weights = compact({name: value.detach().numpy() for name, value in model.state_dict().items()}, numpy_masks)
+    values = {keys.CLIENT_ID: int(client), keys.NUM_EXAMPLES: int(len(y)), "train-loss": float(trained["loss"]),
+              "train-seconds": time.perf_counter() - started}
+    channel = config.build_weight_channel()
+    metrics = {key: value for key, value in values.items() if key in channel.metrics}  # only what the ledger counts
+    return wire.TrainReply(weights=weights, metrics=metrics, report=report)
