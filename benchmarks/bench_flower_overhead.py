@@ -117,7 +117,8 @@ def main() -> None:
         print(json.dumps(result, indent=2))
         return
     print(f"{'':28}{'plain FedAvg':>14}{'fedprune':>12}")
-    print(f"{'median seconds per round':28}{result['plain_fedavg_round_seconds']:14.3f}{result['fedprune_round_seconds']:12.3f}")
+    print(f"{'median seconds per round':28}{result['plain_fedavg_round_seconds']:14.3f}"
+          f"{result['fedprune_round_seconds']:12.3f}")
     print(f"{'total seconds':28}{result['plain_fedavg_total_seconds']:14.2f}{result['fedprune_total_seconds']:12.2f}")
     print(f"overhead of pruning and privacy: {100 * result['overhead']:+.1f}% per round (median)")
 

@@ -154,8 +154,8 @@ class RunConfig:
             raise ConfigError(f"run-name must be a folder name, without / or \\, got {self.run_name!r}; put the "
                               "folder's parent in output-dir")
         if self.min_replies > self.num_clients:
-            raise ConfigError(f"min-replies ({self.min_replies}) exceeds num-clients ({self.num_clients}): a round could "
-                              f"never complete; set min-replies to at most {self.num_clients} (--set min-replies="
+            raise ConfigError(f"min-replies ({self.min_replies}) exceeds num-clients ({self.num_clients}): a round "
+                              f"could never complete; set min-replies to at most {self.num_clients} (--set min-replies="
                               f"{self.num_clients}) or raise num-clients")
 
     @property
@@ -170,7 +170,8 @@ class RunConfig:
         return self.privacy_seed >= 0
 
     def build_weight_channel(self):
-        """How this run's weight updates travel and are averaged (a ``fedprune.privacy.weight_channel.WeightChannel``)."""
+        """How this run's weight updates travel and are averaged
+        (a ``fedprune.privacy.weight_channel.WeightChannel``)."""
         from fedprune.privacy import weight_channel  # imported here: the channels name the wire's metric keys
 
         return weight_channel.build(self.weight_channel, self.noise_multiplier, self.clipping_norm)
@@ -209,7 +210,8 @@ def resolve(settings: RunConfig | Mapping[str, object]) -> RunConfig:
     if isinstance(settings, RunConfig):
         return settings
     if not isinstance(settings, Mapping):
-        raise ConfigError(f"settings must be a RunConfig or a mapping of kebab-case keys, got {type(settings).__name__}")
+        raise ConfigError("settings must be a RunConfig or a mapping of kebab-case keys, "
+                          f"got {type(settings).__name__}")
     fields = {_key(f.name): f.name for f in dataclasses.fields(RunConfig)}
     unknown = sorted(set(settings) - set(fields))
     if unknown:

@@ -12,7 +12,8 @@ from fedprune.validation import ConfigError, pick
 if TYPE_CHECKING:
     from fedprune.config import RunConfig
 
-# Mask-only mode (fedprune.federated.mask_only) has one mechanism, weight-level masks, no weight channel or dense baseline.
+# Mask-only mode (fedprune.federated.mask_only) has one mechanism, weight-level masks, no weight channel or
+# dense baseline.
 MASK_ONLY_REQUIRES = {"method": "votes", "mechanism": "randomized-response", "weight_channel": "clear",
                       "structure": "unstructured", "dense_baseline": False}
 

@@ -65,7 +65,8 @@ def analyze_run(run_dir) -> dict:
         "lipschitz_bound": lipschitz_bound(model, data.input_shape),
         "notes": "per_class: accuracy on the test set's examples of each class; per_client: accuracy on the "
                  "client's own training share; gaps: best minus worst group; lipschitz_bound: product of the "
-                 "layers' spectral norms (fedprune.pruning.analysis), an upper bound on the model's l2 Lipschitz constant; "
+                 "layers' spectral norms (fedprune.pruning.analysis), "
+                 "an upper bound on the model's l2 Lipschitz constant; "
                  "per_client_label_mix: test accuracy a client sees on test examples drawn with its own label mix "
                  "(per-class test accuracy weighted by the client's label frequencies), which a model that "
                  "memorised the client's training share cannot inflate",

@@ -188,8 +188,8 @@ def _weight_noise(value: str):
     try:
         return finite("--weight-noise", value)
     except ConfigError:
-        raise ConfigError(f"--weight-noise must be a noise multiplier (e.g. 1.1), 'clear', 'no-weights' or 'mask-only', "
-                          f"got {value!r}") from None
+        raise ConfigError(f"--weight-noise must be a noise multiplier (e.g. 1.1), "
+                          f"'clear', 'no-weights' or 'mask-only', got {value!r}") from None
 
 
 def _figure(value: float) -> str:

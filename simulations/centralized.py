@@ -38,7 +38,8 @@ class CentralizedConfig:
     scorer: str = "magnitude"
     distribution: str = "global"
     structure: str = "unstructured"
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=30, optimizer="adam", learning_rate=0.003, momentum=0.0, batch_size=64))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=30, optimizer="adam", learning_rate=0.003,
+                                                                   momentum=0.0, batch_size=64))
     finetune_epochs: int = 10
     rewind_epoch: int | None = None
     seed: int = 0

@@ -16,12 +16,15 @@ from fedprune.validation import ConfigError
 COMMANDS = {
     "run": ("simulations.run", "run a federated private pruning simulation (the main job)"),
     "centralized": ("simulations.centralized", "train dense, prune, fine-tune and report (the centralized baseline)"),
-    "budget": ("simulations.budget", "plan a privacy budget: the per-report setting that spends it exactly, and the error it leaves"),
+    "budget": ("simulations.budget",
+               "plan a privacy budget: the per-report setting that spends it exactly, and the error it leaves"),
     "sweep": ("simulations.sweep", "run a grid of simulations and draw the privacy-utility frontier"),
-    "export": ("simulations.export", "write a run's pruned model to one .fpm file: compressed weights, kernel paths, privacy report"),
+    "export": ("simulations.export",
+               "write a run's pruned model to one .fpm file: compressed weights, kernel paths, privacy report"),
     "infer": ("simulations.infer", "predictions and latency of an exported .fpm model, with fedprune alone"),
     "bench": ("simulations.bench", "measure kernels: dense, torch CSR and the chosen sparse path side by side"),
-    "analyze": ("simulations.analyze", "per-class and per-client accuracy gaps and the Lipschitz bound of runs' final models"),
+    "analyze": ("simulations.analyze",
+                "per-class and per-client accuracy gaps and the Lipschitz bound of runs' final models"),
 }
 
 

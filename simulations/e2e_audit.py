@@ -12,7 +12,8 @@ afresh, from seed ``noise_seed + trial`` (world B from a disjoint range).
 The canary coordinate is the prunable weight whose magnitude in the noiseless round without the
 canary is closest to the pruning threshold. In world A the canary pushes it outwards by C (kept),
 in world B back to zero (pruned; a step of at most C): a mask chosen from anything but the
-noised average moves with the canary. Two statistics of what the server publishes are audited (oriented so that world A scores high), each with
+noised average moves with the canary. Two statistics of what the server publishes are audited
+(oriented so that world A scores high), each with
 ``fedprune.privacy.audit.bound_from_scores``: the published value of that weight, and whether the
 published mask keeps it. The claim is the ledger's figure for the canary after the round.
 

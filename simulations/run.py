@@ -139,8 +139,8 @@ def _report(summary: dict) -> int:
 
     print(f"final accuracy {summary['final_accuracy']:.4f}  density {summary['density']:.3f}")
     for unit, figure in summary["privacy"]["end_to_end"].items():
-        shown = (f"{number(figure['epsilon'])} at delta {summary['delta']:g}, {figure['trust_model']} trust model: holds "
-                 f"against {figure['holds_against']}" if figure["epsilon"] is not None
+        shown = (f"{number(figure['epsilon'])} at delta {summary['delta']:g}, {figure['trust_model']} trust model: "
+                 f"holds against {figure['holds_against']}" if figure["epsilon"] is not None
                  else f"none ({'; '.join(figure['why_none'])})")
         print(f"epsilon, {unit} level, end to end: {shown}")
     mask = summary["privacy"]["channels"].get("mask", {}).get("epsilon")

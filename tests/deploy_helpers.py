@@ -210,7 +210,8 @@ class Deployment:
             done = subprocess.run(["flwr", *args], cwd=cwd, env=self.env, capture_output=True, text=True,
                                   timeout=timeout, start_new_session=True)
         except subprocess.TimeoutExpired as error:
-            raise TimeoutError(f"flwr {' '.join(args)} ran past {timeout:.0f}s\n{error.stdout}\n{self.logs()}") from None
+            raise TimeoutError(f"flwr {' '.join(args)} ran past {timeout:.0f}s\n"
+                               f"{error.stdout}\n{self.logs()}") from None
         if done.returncode != 0:
             raise RuntimeError(f"flwr {' '.join(args)} exited with {done.returncode}:\n{done.stdout}\n{done.stderr}\n"
                                f"{self.logs()}")

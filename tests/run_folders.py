@@ -29,7 +29,8 @@ def write_run_folder(folder, *, clients: int, sparsity: float, accuracy: float, 
                        **({"target_sparsity": sparsity} if mode == "mask-only" else {}))
     model = new_model(config)
     state = {n: v.detach().numpy() for n, v in model.state_dict().items()}
-    coordinator = modes.get(config).coordinator(config, {n: v.shape for n, v in state.items()}, list(prunable_parameters(model)))
+    coordinator = modes.get(config).coordinator(config, {n: v.shape for n, v in state.items()},
+                                                list(prunable_parameters(model)))
     names = [str(c) for c in range(clients)]
     coordinator.record(coordinator.plan(1), names)
     if mode == "mask-only":

@@ -51,7 +51,8 @@ def test_conv_spectral_norm_is_the_operator_norm(layer, shape):
 
 
 @pytest.mark.parametrize("name, shape, kwargs", [
-    ("mlp", (12,), {"hidden": (16, 8)}), ("cnn1d", (1, 40), {"channels": 8}), ("cnn2d", (1, 8, 8), {"channels": (4, 6)}),
+    ("mlp", (12,), {"hidden": (16, 8)}), ("cnn1d", (1, 40), {"channels": 8}),
+    ("cnn2d", (1, 8, 8), {"channels": (4, 6)}),
 ])
 def test_lipschitz_bound_bounds_every_pair_and_pruning_changes_it(name, shape, kwargs):
     model = build_model(name, shape, 10, seed=0, **kwargs)

@@ -100,7 +100,8 @@ def test_settings_mask_only_cannot_honour_fail_before_any_work(change):
 def test_frozen_weights_are_the_same_in_another_process():
     config = small_config()
     digest = hashlib.sha256(b"".join(v.tobytes() for v in frozen_state(config).values())).hexdigest()
-    code = ("import hashlib; from fedprune.config import RunConfig; from fedprune.training.supermask import frozen_state; "
+    code = ("import hashlib; from fedprune.config import RunConfig; "
+            "from fedprune.training.supermask import frozen_state; "
             "c = RunConfig(mode='mask-only', dataset='digits', model='mlp', target_sparsity=0.5); "
             "print(hashlib.sha256(b''.join(v.tobytes() for v in frozen_state(c).values())).hexdigest())")
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

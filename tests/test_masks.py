@@ -9,9 +9,10 @@ from torch import nn
 from torch.nn.utils import prune
 
 from fedprune.federated.aggregation import select_layer_masks, select_mask
-from fedprune.pruning.masks import (apply_masks, block_masks, block_scores, check_masks, density, full_masks, global_masks,
-                            global_topk, intersect, keep_highest, layer_densities, layerwise_masks, monotone_scores,
-                            nm_masks, parameter_shapes, prunable_parameters, topk, unit_masks)
+from fedprune.pruning.masks import (apply_masks, block_masks, block_scores, check_masks, density, full_masks,
+                                    global_masks, global_topk, intersect, keep_highest, layer_densities,
+                                    layerwise_masks, monotone_scores, nm_masks, parameter_shapes, prunable_parameters,
+                                    topk, unit_masks)
 from fedprune.pruning.compute import compute_masks
 from fedprune.pruning.scorers import magnitude
 from fedprune.validation import ConfigError
@@ -253,7 +254,8 @@ def _old_topk(flat: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def _old_select_mask(frequencies, kept, tie_break=None, eligible=None):
-    """fedprune.federated.aggregation.select_mask's selection before keep_highest: a lexsort on (frequency, |tie-break|)."""
+    """fedprune.federated.aggregation.select_mask's selection before keep_highest:
+    a lexsort on (frequency, |tie-break|)."""
     tie = np.zeros(frequencies.size) if tie_break is None else np.abs(tie_break)
     if eligible is not None:
         kept = min(kept, int(eligible.sum()))

@@ -260,8 +260,10 @@ def test_normal_recovery_against_monte_carlo():
     ({"epsilon": math.nan}, "must be finite.*total"), ({"epsilon": math.inf}, "must be finite"),
     ({"delta": 0.0}, r"delta must be in \(0, 1\).*e\.g\. 1e-5"), ({"delta": 1.0}, r"delta must be in \(0, 1\)"),
     ({"kept": 0}, r"kept \(k\) must be an integer in \[1, 999\]"), ({"kept": D}, r"in \[1, 999\]"),
-    ({"mechanism": "laplace"}, "unknown mechanism 'laplace'; valid mechanisms: central, clipped-bernoulli, exact, oue, randomized-response"),
-    ({"unit": "user"}, "valid units: record, client"), ({"weight_noise": "loud"}, "one of clear, no-weights, mask-only"),
+    ({"mechanism": "laplace"},
+     "unknown mechanism 'laplace'; valid mechanisms: central, clipped-bernoulli, exact, oue, randomized-response"),
+    ({"unit": "user"}, "valid units: record, client"),
+    ({"weight_noise": "loud"}, "one of clear, no-weights, mask-only"),
     ({"weight_noise": -1.0}, "must be > 0"), ({"rounds": 1, "pruning_events": 2}, "at least the pruning events"),
     ({"sample_size": 10}, "only to the sampling mechanism"), ({"agreement": 0.05}, r"must lie in \(0.1, 1\]"),
     ({"clients": 0}, "clients .* integer >= 1"),
@@ -323,7 +325,8 @@ def test_mask_only_mode_is_planned_as_every_weight_every_round():
     assert plan.setting["mode"] == "mask-only" and plan.setting["num-server-rounds"] == 3
     assert plan.setting["target-sparsity"] == pytest.approx(0.5)
     with pytest.raises(ConfigError, match="randomized response only"):
-        plan_budget(8.0, DELTA, length=200, kept=100, clients=10, rounds=3, mechanism="subset", weight_noise="mask-only")
+        plan_budget(8.0, DELTA, length=200, kept=100, clients=10, rounds=3, mechanism="subset",
+                    weight_noise="mask-only")
     assert all("infeasible" not in s for s in plan.suggestions)
 
 

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from fedprune.pruning.scorers import SCORERS, UNIT_SCORERS, estimate_fisher, get_scorer, l1_units, l2_units, magnitude, obd, random, taylor
+from fedprune.pruning.scorers import (SCORERS, UNIT_SCORERS, estimate_fisher, get_scorer, l1_units, l2_units,
+                                      magnitude, obd, random, taylor)
 from fedprune.validation import ConfigError
 
 

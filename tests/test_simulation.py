@@ -26,8 +26,9 @@ def test_three_clients_two_rounds_write_every_result(tmp_path):
     lines = []
     summary = simulate(tiny(tmp_path, "run"), progress=lines.append)
     folder = tmp_path / "run"
-    assert {run_folder.CONFIG, run_folder.METRICS, run_folder.SUMMARY, run_folder.REPORT, run_folder.ACCURACY_PLOT, run_folder.DENSITY_PLOT,
-            run_folder.EPSILON_PLOT, run_folder.CHECKPOINT} <= {p.name for p in folder.iterdir()}
+    assert {run_folder.CONFIG, run_folder.METRICS, run_folder.SUMMARY, run_folder.REPORT, run_folder.ACCURACY_PLOT,
+            run_folder.DENSITY_PLOT, run_folder.EPSILON_PLOT,
+            run_folder.CHECKPOINT} <= {p.name for p in folder.iterdir()}
     assert [json.loads(line)["round"] for line in (folder / run_folder.METRICS).read_text().splitlines()] == [0, 1, 2]
     assert any(line.startswith("round   2/2  accuracy") for line in lines)
 

@@ -59,7 +59,8 @@ def test_a_sweep_file_that_is_not_utf8_is_refused(tmp_path):
 def test_a_misspelt_grid_key_fails_before_any_run(tmp_path):
     out = tmp_path / "out"
     text = "[base]\ndataset = 'digits'\n[grid]\nseed = [0, 1]\nepsilon-per-decison = [1.0]\n"
-    with pytest.raises(ConfigError, match="unknown setting.*epsilon-per-decison; valid settings: .*epsilon-per-decision"):
+    with pytest.raises(ConfigError,
+                       match="unknown setting.*epsilon-per-decison; valid settings: .*epsilon-per-decision"):
         sweep.run(args_for(grid_file(tmp_path, text), out))
     assert not out.exists()  # nothing ran, nothing was written
 

@@ -17,7 +17,8 @@ DELTA = 1e-5
 
 def replies(n: int, seed: int = 0, scale: float = 1.0):
     rng = np.random.default_rng(seed)
-    return [{"w": (scale * rng.standard_normal((3, 4))).astype(np.float32), "b": rng.standard_normal(4).astype(np.float32)}
+    return [{"w": (scale * rng.standard_normal((3, 4))).astype(np.float32),
+             "b": rng.standard_normal(4).astype(np.float32)}
             for _ in range(n)]
 
 

@@ -21,7 +21,8 @@ def test_a_request_carries_only_what_a_client_needs_and_reads_back_the_same():
     values = dict(messages[0].content.config_records[keys.CONFIG])
     sent = {key[len(keys.SETTING_PREFIX):] for key in values if key.startswith(keys.SETTING_PREFIX)}
     assert sent == set(config.to_mapping()) - SERVER_ONLY
-    assert not any("/srv/secret" in str(value) or "private-name" in str(value) or value == 1e9 for value in values.values())
+    assert not any("/srv/secret" in str(value) or "private-name" in str(value) or value == 1e9
+                   for value in values.values())
     request = wire.TrainRequest.from_config(values)
     assert request.plan == strategy.plan
     for key in sent:  # the client resolves what it was sent to the server's values

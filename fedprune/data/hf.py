@@ -105,7 +105,8 @@ def _hf_splits(name: str, config: str | None, cache_dir) -> dict:
             loaded = datasets.load_dataset(str(path) if path.exists() else name, config, cache_dir=hf_cache)
     except (FileNotFoundError, ConnectionError) as error:
         raise ConfigError(f"cannot load Hugging Face dataset {name!r}: {error}. Check the name or path; "
-                          "a Hub dataset needs the network (HF_DATASETS_OFFLINE=1 forbids it) or a filled cache") from error
+                          "a Hub dataset needs the network (HF_DATASETS_OFFLINE=1 forbids it) "
+                          "or a filled cache") from error
     if isinstance(loaded, datasets.Dataset):
         return {"train": loaded}
     return dict(loaded)

@@ -42,7 +42,8 @@ def select_mask(
     tie_break: np.ndarray | None = None,
     eligible: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Keep the ``kept`` coordinates with the highest estimated keep-frequency (``fedprune.pruning.masks.keep_highest``).
+    """Keep the ``kept`` coordinates with the highest estimated keep-frequency
+    (``fedprune.pruning.masks.keep_highest``).
 
     Ties (common with exact votes: every client keeps the same strong weights) go to the larger
     ``tie_break`` (the averaged weight's magnitude), then to the lower index. Coordinates not

@@ -52,7 +52,8 @@ def expand(values: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray],
     return out
 
 
-def compact_shapes(masks: Mapping[str, np.ndarray], shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+def compact_shapes(masks: Mapping[str, np.ndarray],
+                   shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
     """The shape each tensor has in compact form."""
     return {name: (int(np.count_nonzero(masks[name])),) if name in masks else tuple(shape)
             for name, shape in shapes.items()}

@@ -52,7 +52,8 @@ class RoundPlan:
         try:
             return cls(**{name: values[name] for name in cls.__dataclass_fields__})
         except KeyError as missing:
-            raise ConfigError(f"the round plan lacks {missing}: client and server run different fedprune versions") from None
+            raise ConfigError(f"the round plan lacks {missing}: "
+                              "client and server run different fedprune versions") from None
 
 
 def plan_round(config: RunConfig, schedule, round: int, current_sparsity: float, eligible: np.ndarray,

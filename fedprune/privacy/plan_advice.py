@@ -74,7 +74,8 @@ def suggestions(request, plan, replan) -> list[dict]:
         entry = {"change": change, "setting": {key: value for key, value in overrides.items() if value is not None}}
         settings = {**request, "kept_schedule": schedule if request["schedule_given"] else None, **overrides,
                     "coarse_length": None}
-        for name in ("schedule_given", "sizes", "hamming_bound", *(("pruning_events",) if settings["kept_schedule"] else ())):
+        for name in ("schedule_given", "sizes", "hamming_bound",
+                     *(("pruning_events",) if settings["kept_schedule"] else ())):
             settings.pop(name)
         try:
             other = replan(**settings, suggest=False)

@@ -107,7 +107,8 @@ def check_request(r: dict) -> dict:
 
 
 def _mask_only(r: dict) -> None:
-    """The mask-only mode reports a clipped Bernoulli sample of every weight in every round (fedprune.federated.mask_only)."""
+    """The mask-only mode reports a clipped Bernoulli sample of every weight in every round
+    (fedprune.federated.mask_only)."""
     if r["mechanism"] != "randomized-response":
         raise ConfigError(f"mode mask-only reports by randomized response only, not {r['mechanism']!r}; plan "
                           "mechanism randomized-response, or weight noise 'no-weights' to plan the masks alone")

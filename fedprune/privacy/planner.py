@@ -365,7 +365,8 @@ def _run_setting(mechanism, parameter: float, request, guaranteed: bool) -> dict
     if noise in WEIGHT_CHANNELS:
         setting.update({"mode": "mask-only"} if noise == "mask-only" else {"weight-channel": "clear"})
         if noise == "mask-only":
-            setting.update({"num-server-rounds": request["rounds"], "target-sparsity": 1 - request["kept"] / request["length"]})
+            setting.update({"num-server-rounds": request["rounds"],
+                            "target-sparsity": 1 - request["kept"] / request["length"]})
     else:  # client-clipping records the same Gaussian
         setting.update({"weight-channel": "server-clipping", "noise-multiplier": noise})
     if guaranteed:  # the run then stops before a round would overspend (with no guarantee it could not start)

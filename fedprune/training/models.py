@@ -120,7 +120,8 @@ class CNN2D(nn.Module):
         in_channels, height, width = shape
         if height < 4 or width < 4:
             raise ConfigError(f"cnn2d needs images of at least 4x4 (two 2x2 poolings), got {height}x{width}")
-        self.spec = {"name": self.name, "input_shape": shape, "num_classes": _classes(num_classes), "channels": channels}
+        self.spec = {"name": self.name, "input_shape": shape, "num_classes": _classes(num_classes),
+                     "channels": channels}
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, channels[0], 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(channels[0], channels[1], 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),

@@ -54,7 +54,8 @@ class Layout:
         """The new global mask from estimated keep-frequencies over the report's coordinates."""
         raise NotImplementedError
 
-    def server_scores(self, config: RunConfig, magnitudes: np.ndarray, global_masks: Mapping[str, Tensor]) -> np.ndarray:
+    def server_scores(self, config: RunConfig, magnitudes: np.ndarray,
+                      global_masks: Mapping[str, Tensor]) -> np.ndarray:
         """What ``server-magnitude`` ranks in place of vote frequencies, over the report's coordinates."""
         raise NotImplementedError
 

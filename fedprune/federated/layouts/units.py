@@ -105,7 +105,8 @@ def unit_scores(values: np.ndarray, masks: Mapping[str, Tensor]) -> np.ndarray:
     out, start = [], 0
     for name, mask in masks.items():
         if name in layers:
-            out.append(np.asarray(values[start:start + mask.numel()], dtype=np.float64).reshape(mask.shape[0], -1).mean(1))
+            out.append(np.asarray(values[start:start + mask.numel()],
+                                  dtype=np.float64).reshape(mask.shape[0], -1).mean(1))
         start += mask.numel()
     return np.concatenate(out)
 
@@ -149,6 +150,7 @@ class UnitLayout(Layout):
                    global_masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
         return next_unit_masks(config, plan, frequencies, average_weights, global_masks)
 
-    def server_scores(self, config: RunConfig, magnitudes: np.ndarray, global_masks: Mapping[str, Tensor]) -> np.ndarray:
+    def server_scores(self, config: RunConfig, magnitudes: np.ndarray,
+                      global_masks: Mapping[str, Tensor]) -> np.ndarray:
         scores = unit_scores(magnitudes, global_masks)
         return scores if config.regrowth else scores[alive_units(global_masks)]

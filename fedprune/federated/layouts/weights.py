@@ -85,5 +85,6 @@ class WeightLayout(Layout):
             flat = select_layer_masks(full, counts, sizes, tie_break=average_weights, eligible=limit)
         return unflatten_masks(flat, shapes)
 
-    def server_scores(self, config: RunConfig, magnitudes: np.ndarray, global_masks: Mapping[str, Tensor]) -> np.ndarray:
+    def server_scores(self, config: RunConfig, magnitudes: np.ndarray,
+                      global_masks: Mapping[str, Tensor]) -> np.ndarray:
         return magnitudes if config.regrowth else magnitudes[flatten_masks(dict(global_masks))]
