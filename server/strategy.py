@@ -24,8 +24,8 @@ from flwr.serverapp.exception import AggregationError, PrivacyBudgetExhausted
 from flwr.serverapp.strategy import FedAvg
 
 from fedprune.federated import keys, wire
-from fedprune.federated.compact import MalformedReply
 from fedprune.federated.coordinator import BudgetExhausted, Coordinator, Reply, TooFewReplies
+from fedprune.federated.keys import MalformedReply
 
 
 def to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:

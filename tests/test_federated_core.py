@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from fedprune.federated.aggregation import scatter, select_layer_masks, select_mask, weighted_average
-from fedprune.federated.compact import MalformedReply, check_compact, compact, compact_shapes, expand
+from fedprune.federated.keys import MalformedReply
+from fedprune.federated.compact import check_compact, compact, compact_shapes, expand
 from fedprune.config import RunConfig, resolve
 from fedprune.validation import ConfigError
 

@@ -13,7 +13,7 @@ from flwr.app import ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.serverapp.exception import PrivacyBudgetExhausted
 
 from fedprune.federated import keys
-from fedprune.federated.compact import MalformedReply
+from fedprune.federated.keys import MalformedReply
 from fedprune.privacy.closed_form import analytic_gaussian_epsilon, rr_composition_epsilon
 from strategy_helpers import ListGrid, client_reply, request_for, setup, small_config
 

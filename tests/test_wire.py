@@ -5,7 +5,7 @@ import pytest
 from flwr.app import ConfigRecord, Error, Message, RecordDict
 
 from fedprune.federated import keys, wire
-from fedprune.federated.compact import MalformedReply
+from fedprune.federated.keys import MalformedReply
 from fedprune.config import SERVER_ONLY
 from fedprune.privacy.mechanisms import MaskReport
 from fedprune.validation import ConfigError

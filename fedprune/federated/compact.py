@@ -12,11 +12,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from fedprune.federated.keys import MalformedReply
 from fedprune.validation import ConfigError
-
-
-class MalformedReply(ValueError):
-    """A client's reply does not have the form the round asked for; it is dropped and counted."""
 
 
 def compact(state: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

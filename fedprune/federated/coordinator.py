@@ -27,7 +27,8 @@ import torch
 
 from fedprune.config import RunConfig
 from fedprune.federated import keys, wire
-from fedprune.federated.compact import MalformedReply, check_compact, compact, compact_shapes, expand
+from fedprune.federated.compact import check_compact, compact, compact_shapes, expand
+from fedprune.federated.keys import MalformedReply
 from fedprune.federated.rounds import (
     RoundPlan,
     mask_events,

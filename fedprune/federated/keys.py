@@ -1,4 +1,4 @@
-"""The names client and server share: record keys, metric keys, the prefixes of the request's config.
+"""What client and server agree on: record keys, metric keys, the request's prefixes, and MalformedReply.
 
 A leaf module (it imports nothing), so the weight channels can name the metrics a client may send
 without importing the wire format, which imports the settings. ``fedprune.federated.wire`` builds
@@ -19,3 +19,7 @@ CLIPPING_NORM = "clipping_norm"  # Flower's fixedclipping_mod reads it: sent und
 
 MASK_BITS, MASK_LENGTH = "mask.packed", "mask.length"
 DPSGD_KEYS = ("dpsgd-noise", "dpsgd-rate", "dpsgd-steps")
+
+
+class MalformedReply(ValueError):
+    """A client's reply does not have the form the round asked for; it is dropped and counted."""

@@ -36,8 +36,8 @@ from fedprune.config import RunConfig
 from fedprune.data.datasets import make_loader
 from fedprune.federated import keys, wire
 from fedprune.federated.aggregation import select_layer_masks, select_mask
-from fedprune.federated.compact import MalformedReply
 from fedprune.federated.coordinator import UNITS, Coordinator, Reply, reply_identity
+from fedprune.federated.keys import MalformedReply
 from fedprune.federated.layouts.weights import layer_counts
 from fedprune.federated.local import new_model, train_config
 from fedprune.federated.rounds import RoundPlan

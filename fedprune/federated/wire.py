@@ -24,8 +24,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedprune.config import SERVER_ONLY, RunConfig, resolve
-from fedprune.federated.compact import MalformedReply
-from fedprune.federated.keys import CLIPPING_NORM, DPSGD_KEYS, MASK_BITS, MASK_LENGTH, PLAN_PREFIX, SETTING_PREFIX
+from fedprune.federated.keys import (
+    CLIPPING_NORM,
+    DPSGD_KEYS,
+    MASK_BITS,
+    MASK_LENGTH,
+    PLAN_PREFIX,
+    SETTING_PREFIX,
+    MalformedReply,
+)
 from fedprune.federated.rounds import RoundPlan
 from fedprune.privacy.events import Gaussian
 from fedprune.privacy.mechanisms.base import ARRAY_KEYS, MaskReport
