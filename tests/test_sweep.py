@@ -82,7 +82,7 @@ def summary(accuracy, mask_eps, method="votes"):
     return {"final_accuracy": accuracy, "density": 0.5, "rounds": 2, "clients": 3, "method": method,
             "mode": "default", "epsilon": {"record": None, "client": None},
             "mask_channel_epsilon": {"record": mask_eps, "client": mask_eps}, "delta": 1e-5,
-            "mechanism": {"name": "exact-votes" if mask_eps is None else "randomized-response"},
+            "mechanism": {"mechanism": "exact" if mask_eps is None else "randomized-response"},
             "wall_seconds": 1.0, "rejections": [], "stopped": None}
 
 
@@ -150,7 +150,7 @@ def test_a_two_cell_sweep_runs_resumes_and_feeds_the_prediction(tmp_path, capsys
     with open(out / run_folder.RESULTS) as file:
         rows = list(csv.DictReader(file))
     assert [r["cell"] for r in rows] == names and all(float(r["final_accuracy"]) > 0 for r in rows)
-    assert rows[1]["mechanism.hamming_bound"] and rows[0]["mechanism.name"] == "exact-votes"
+    assert rows[1]["mechanism.hamming_bound"] and rows[0]["mechanism.mechanism"] == "exact"
     assert (out / run_folder.FRONTIER).exists() and (out / run_folder.REPORT).exists()
     stamps = [(out / name / run_folder.SUMMARY).stat().st_mtime_ns for name in names]
 
