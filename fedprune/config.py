@@ -36,7 +36,7 @@ MODE_DEFAULTS = {
     "mask-only": {"optimizer": "adam", "learning_rate": 0.2, "local_epochs": 8, "target_sparsity": 0.5},
 }
 # Settings only the server reads: a client is never sent them (fedprune.federated.wire.TrainRequest).
-SERVER_ONLY = frozenset({"num-server-rounds", "num-clients", "fraction-train", "min-replies", "schedule", "prune-start",
+SERVER_ONLY = frozenset({"num-server-rounds", "fraction-train", "min-replies", "schedule", "prune-start",
                          "prune-end", "prune-every", "budget-epsilon", "dense-baseline", "run-name", "output-dir",
                          "resume"})
 SCHEDULE_NAMES = ("oneshot", "constant", "geometric", "polynomial")
@@ -65,6 +65,9 @@ class RunConfig:
     weight_decay: float = 0.0  # L2 weight decay (never revives a pruned weight)
     # --- data and model ---
     dataset: str = "mnist1d"  # mnist1d, digits (offline), or hf:<name or local path>
+    # 0: the dataset as published (MNIST-1D: 8,000 training examples); k > 0: MNIST-1D generated with
+    # num-clients x k training examples (k per client under partitioner iid, k on average otherwise)
+    examples_per_client: int = 0
     model: str = "cnn1d"  # cnn1d, mlp, cnn2d
     partitioner: str = "dirichlet"  # how the training set is split over clients (iid, dirichlet, pathological)
     dirichlet_alpha: float = 0.5  # Dirichlet concentration: smaller is more non-IID
@@ -146,6 +149,12 @@ class RunConfig:
         positive("clipping-norm", self.clipping_norm)
         if finite("budget-epsilon", self.budget_epsilon) < 0:
             raise ConfigError(f"budget-epsilon must be >= 0 (0: no budget), got {self.budget_epsilon}")
+        if self.examples_per_client < 0:
+            raise ConfigError(f"examples-per-client must be >= 0 (0: the dataset as published), got "
+                              f"{self.examples_per_client}")
+        if self.examples_per_client and self.dataset != "mnist1d":
+            raise ConfigError(f"examples-per-client sizes the generated MNIST-1D; {self.dataset} has a fixed size: set "
+                              "examples-per-client 0 or dataset mnist1d")
         if self.seed < 0:
             raise ConfigError(f"seed must be >= 0, got {self.seed}")
         if self.privacy_seed < -1:

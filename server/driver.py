@@ -46,7 +46,7 @@ class RoundLog:
                  seconds_before: float = 0.0):
         self.config, self.coordinator, self.folder, self.offset, self.progress = \
             config, coordinator, folder, offset, progress
-        data = run_dataset(config.dataset, config.seed)
+        data = run_dataset(config)
         self.test = make_loader(data.x_test, data.y_test, 512, shuffle=False)
         self.model = new_model(config)
         self.started = time.perf_counter() - seconds_before  # a resumed run's clock goes on from its last line

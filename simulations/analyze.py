@@ -44,7 +44,7 @@ def analyze_run(run_dir) -> dict:
     """Measure the final model of the run in ``run_dir``, write RUN_DIR/analysis.json and return it."""
     loaded = load_run(run_dir)
     config, model = loaded.config, loaded.model
-    data = run_dataset(config.dataset, config.seed)
+    data = run_dataset(config)
     clients = {str(i): client_data(config, i, config.num_clients) for i in range(config.num_clients)}
     groups = group_accuracy(model, (data.x_test, data.y_test), data.num_classes, clients)
     result = {

@@ -29,7 +29,7 @@ def test_analyze_writes_gaps_lipschitz_and_density_of_the_final_model(run_folder
     assert main(["analyze", str(folder)]) == 0
     assert str(folder) in capsys.readouterr().out
     result = json.loads((folder / ANALYSIS).read_text())
-    data = run_dataset("digits", config.seed)
+    data = run_dataset(config)
     predicted = predictions(model, data.x_test)
     expected = [float(np.mean(predicted[data.y_test == c] == c)) for c in range(10)]
     assert result["per_class"] == pytest.approx(expected)

@@ -35,6 +35,7 @@ BAD = {
     "momentum": (1.0, r"must be in \[0, 1\)"),
     "weight_decay": (-0.1, "must be >= 0"),
     "dataset": ("mnist", "valid datasets: .*hf:<name or local path>"),
+    "examples_per_client": (-1, r"must be >= 0 \(0: the dataset as published\)"),
     "model": ("resnet", "valid models: .*cnn1d"),
     "partitioner": ("bogus", "valid partitioners: .*dirichlet"),
     "dirichlet_alpha": (0, "must be > 0"),

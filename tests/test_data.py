@@ -276,3 +276,29 @@ def test_dataset_checks_its_arrays():
     with pytest.raises(ConfigError, match=r"lie in \[0, 2\)"):
         data.Dataset("d", x, y + 2, x, y, num_classes=2, input_shape=(1, 3))
     assert json.dumps(data.Dataset("d", x, y, x, y, num_classes=2, input_shape=[1, 3]).input_shape) == "[1, 3]"
+
+
+# --- populations: MNIST-1D generated at the size the clients need ---------------------------------
+
+def test_sized_asks_mnist1d_for_at_least_the_training_examples_wanted():
+    assert data.sized("mnist1d", 0) == {}
+    for wanted in (1, 7, 8000, 16_001, 160_000):
+        samples = data.sized("mnist1d", wanted)["num_samples"]
+        split = data.mnist1d_args()["train_split"]
+        assert int(samples * split) >= wanted > int((samples - 1) * split)  # the least that is enough
+    with pytest.raises(ConfigError, match="only mnist1d is generated at a chosen size; digits has a fixed size"):
+        data.sized("digits", 100)
+
+
+def test_examples_per_client_gives_every_client_its_share_at_a_thousand_clients():
+    from fedprune.config import RunConfig
+    from fedprune.federated.local import check_partition, client_data, run_dataset
+
+    config = RunConfig(num_clients=1000, examples_per_client=12, partitioner="iid")
+    check_partition(config)
+    assert len(run_dataset(config).y_train) == 12_000
+    assert {len(client_data(config, i, 1000)[1]) for i in (0, 499, 999)} == {12}
+    with pytest.raises(ConfigError, match="examples-per-client sizes the generated MNIST-1D; digits has a fixed size"):
+        RunConfig(dataset="digits", model="mlp", examples_per_client=5)
+    with pytest.raises(ConfigError, match="cannot split mnist1d's 8000 training examples among 1000 clients"):
+        check_partition(RunConfig(num_clients=1000))  # the published size under Dirichlet(0.5): refused before work

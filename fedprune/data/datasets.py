@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import secrets
 import zipfile
@@ -60,6 +61,22 @@ def load_dataset(name: str, *, cache_dir: str | os.PathLike | None = None, seed:
         raise ConfigError(f"{error}; or hf:<name or local path> for a Hugging Face dataset") from None
     with global_random_state_kept():  # scikit-learn's import draws from Python's random; mnist1d reseeds both
         return loader(cache_dir=cache_dir, seed=int(seed), **options)
+
+
+def sized(name: str, train_examples: int) -> dict:
+    """``load_dataset`` options that give dataset ``name`` at least ``train_examples`` training examples.
+
+    0: the dataset as published ({}). Only MNIST-1D is generated, so only it can be sized.
+    """
+    if not train_examples:
+        return {}
+    if name != "mnist1d":
+        raise ConfigError(f"only mnist1d is generated at a chosen size; {name} has a fixed size")
+    split = mnist1d_args()["train_split"]
+    samples = math.ceil(train_examples / split)
+    while int(samples * split) < train_examples:  # mnist1d keeps the first int(num_samples * split) for training
+        samples += 1
+    return {"num_samples": samples}
 
 
 # --- MNIST-1D ---------------------------------------------------------------------------------

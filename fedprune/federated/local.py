@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from fedprune.config import RunConfig
-from fedprune.data.datasets import load_dataset, make_loader, partition
+from fedprune.data.datasets import load_dataset, make_loader, partition, sized
 from fedprune.federated import keys, wire
 from fedprune.federated.compact import compact, expand
 from fedprune.federated.rounds import RoundPlan, encode_local_mask, local_mask_bits
@@ -32,16 +32,21 @@ def train_config(config: RunConfig) -> TrainConfig:
                        momentum=config.momentum, weight_decay=config.weight_decay, batch_size=config.batch_size)
 
 
-@functools.lru_cache(maxsize=4)
-def run_dataset(name: str, seed: int):
-    """The run's dataset, loaded once per process (clients and the server's evaluation share it)."""
-    return load_dataset(name, seed=seed)
+def run_dataset(config: RunConfig):
+    """The run's dataset (sized by examples-per-client), loaded once per process and shared by clients and server."""
+    return _dataset(config.dataset, config.seed, config.num_clients * config.examples_per_client)
 
 
 @functools.lru_cache(maxsize=4)
-def _partitions(name: str, seed: int, method: str, num_partitions: int, alpha: float, classes: int):
-    labels = run_dataset(name, seed).y_train
-    return partition(labels, num_partitions, method, alpha=alpha, classes_per_partition=classes, seed=seed)
+def _dataset(name: str, seed: int, train_examples: int):
+    return load_dataset(name, seed=seed, **sized(name, train_examples))
+
+
+@functools.lru_cache(maxsize=4)
+def _partitions(config: RunConfig, num_partitions: int):
+    labels = run_dataset(config).y_train
+    return partition(labels, num_partitions, config.partitioner, alpha=config.dirichlet_alpha,
+                     classes_per_partition=config.classes_per_client, seed=config.seed)
 
 
 def check_partition(config: RunConfig) -> None:
@@ -50,10 +55,9 @@ def check_partition(config: RunConfig) -> None:
     Run once before any work, so a split that fails does not fail inside every client instead.
     """
     try:
-        _partitions(config.dataset, config.seed, config.partitioner, config.num_clients, config.dirichlet_alpha,
-                    config.classes_per_client)
+        _partitions(config, config.num_clients)
     except ConfigError as error:
-        examples = len(run_dataset(config.dataset, config.seed).y_train)
+        examples = len(run_dataset(config).y_train)
         raise ConfigError(f"cannot split {config.dataset}'s {examples} training examples among {config.num_clients} "
                           f"clients by {config.partitioner} ({error}); use fewer clients, raise dirichlet-alpha (now "
                           f"{config.dirichlet_alpha:g}) or set partitioner iid") from None
@@ -63,16 +67,15 @@ def client_data(config: RunConfig, partition_id: int, num_partitions: int) -> tu
     """This client's training examples: partition ``partition_id`` of ``num_partitions``."""
     if isinstance(partition_id, bool) or not isinstance(partition_id, int) or not 0 <= partition_id < num_partitions:
         raise ConfigError(f"partition-id must be an integer in [0, {num_partitions}), got {partition_id!r}")
-    data = run_dataset(config.dataset, config.seed)
-    parts = _partitions(config.dataset, config.seed, config.partitioner, num_partitions,
-                        config.dirichlet_alpha, config.classes_per_client)
+    data = run_dataset(config)
+    parts = _partitions(config, num_partitions)
     index = parts[partition_id]
     return data.x_train[index], data.y_train[index]
 
 
 def new_model(config: RunConfig) -> nn.Module:
     """The run's model at its seeded initialisation (the same on every node)."""
-    data = run_dataset(config.dataset, config.seed)
+    data = run_dataset(config)
     return build_model(config.model, data.input_shape, data.num_classes, seed=config.seed)
 
 
