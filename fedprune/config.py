@@ -36,7 +36,7 @@ MODE_DEFAULTS = {
     "mask-only": {"optimizer": "adam", "learning_rate": 0.2, "local_epochs": 8, "target_sparsity": 0.5},
 }
 # Settings only the server reads: a client is never sent them (fedprune.federated.wire.TrainRequest).
-SERVER_ONLY = frozenset({"num-server-rounds", "fraction-train", "min-replies", "schedule", "prune-start",
+SERVER_ONLY = frozenset({"num-server-rounds", "fraction-train", "schedule", "prune-start",
                          "prune-end", "prune-every", "budget-epsilon", "dense-baseline", "run-name", "output-dir",
                          "resume"})
 SCHEDULE_NAMES = ("oneshot", "constant", "geometric", "polynomial")

@@ -74,3 +74,13 @@ def test_the_strategy_counts_a_dropout_through_the_coordinator():
     replies = [client_reply(m, i) for i, m in enumerate(messages)]
     replies[0] = Message(Error(code=0, reason="gone"), reply_to=request_for(replies[0]))
     assert len(strategy.check_replies(replies)) == 3 and coordinator.dropouts == 1
+
+
+def test_a_client_accepts_every_setting_the_server_accepted():
+    # a client resolves what it is sent with defaults for the server's own settings: no check may then fail
+    for config in (small_config(num_clients=1, min_replies=1), small_config(mode="mask-only", local_epochs=1),
+                   small_config(schedule="geometric", prune_start=2, prune_end=3, num_server_rounds=3)):
+        coordinator, strategy, messages = setup(config)
+        request = wire.TrainRequest.from_config(dict(messages[0].content.config_records[keys.CONFIG]))
+        assert {k: v for k, v in request.config.to_mapping().items() if k not in SERVER_ONLY} == \
+            {k: v for k, v in config.to_mapping().items() if k not in SERVER_ONLY}
