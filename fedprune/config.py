@@ -36,9 +36,11 @@ MODE_DEFAULTS = {
     "mask-only": {"optimizer": "adam", "learning_rate": 0.2, "local_epochs": 8, "target_sparsity": 0.5},
 }
 # Settings only the server reads: a client is never sent them (fedprune.federated.wire.TrainRequest).
-SERVER_ONLY = frozenset({"num-server-rounds", "fraction-train", "schedule", "prune-start",
+SERVER_ONLY = frozenset({"num-server-rounds", "fraction-train", "client-sampling", "schedule", "prune-start",
                          "prune-end", "prune-every", "budget-epsilon", "dense-baseline", "run-name", "output-dir",
                          "resume"})
+CLIENT_SAMPLING = {"fixed": "Flower samples fraction-train x num-clients clients a round (no amplification)",
+                   "poisson": "each client takes part with probability fraction-train, secretly (amplified)"}
 SCHEDULE_NAMES = ("oneshot", "constant", "geometric", "polynomial")
 
 
@@ -54,7 +56,11 @@ class RunConfig:
     # --- federation ---
     num_server_rounds: int = 30  # rounds of the run
     num_clients: int = 10  # clients (data partitions); under `flwr run .` at most the SuperNodes there are
-    fraction_train: float = 1.0  # share of clients Flower samples each round (at least 2)
+    fraction_train: float = 1.0  # share of clients sampled each round (fixed: at least 2)
+    # fixed: Flower samples fraction-train x num-clients clients each round (the figure is not amplified);
+    # poisson: each client takes part independently with probability fraction-train, drawn from the privacy
+    # randomness and never sent; DP-FedAvg's figure is then amplified by it (fedprune.privacy.weight_channel)
+    client_sampling: str = "fixed"
     min_replies: int = 2  # well-formed replies a round needs, else the run fails naming the rejections
     # --- local training ---
     local_epochs: int = AUTO  # epochs per round on a client; the mode's: 4; mask-only 8
@@ -122,6 +128,7 @@ class RunConfig:
                      "prune_start", "prune_end", "prune_every", "classes_per_client"):
             positive_int(_key(name), getattr(self, name))
         probability("fraction-train", self.fraction_train, open_high=False)
+        pick("client-sampling", self.client_sampling, CLIENT_SAMPLING)
         positive("learning-rate", self.learning_rate)
         if not 0 <= finite("momentum", self.momentum) < 1:
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
@@ -183,7 +190,10 @@ class RunConfig:
         (a ``fedprune.privacy.weight_channel.WeightChannel``)."""
         from fedprune.privacy import weight_channel  # imported here: the channels name the wire's metric keys
 
-        return weight_channel.build(self.weight_channel, self.noise_multiplier, self.clipping_norm)
+        poisson = self.client_sampling == "poisson"
+        return weight_channel.build(self.weight_channel, self.noise_multiplier, self.clipping_norm,
+                                    sampling_rate=self.fraction_train if poisson else 1.0,
+                                    population=self.num_clients if poisson else 0)
 
     @cached_property
     def pruning_schedule(self) -> Schedule:

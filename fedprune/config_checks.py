@@ -53,6 +53,8 @@ def check_federated(config: RunConfig) -> None:
                           "client-clipping (client level), dpsgd with unit record, or mode mask-only; or set "
                           "budget-epsilon 0")
     layout = layout_for(config)  # ConfigError for a structure no layout votes on
+    if config.client_sampling == "poisson":
+        check_poisson(config)
     if config.mode == "mask-only":
         for name, value in MASK_ONLY_REQUIRES.items():
             if getattr(config, name) != value:
@@ -64,3 +66,24 @@ def check_federated(config: RunConfig) -> None:
             raise ConfigError("mode mask-only learns which weights to keep: target-sparsity must be > 0 (its default "
                               "is 0.5)")
     layout.check(config)
+
+
+def check_poisson(config: RunConfig) -> None:
+    """Poisson client sampling is accounted (amplified) only where every release comes from DP-FedAvg's noised sum.
+
+    The amplification holds against whoever sees the released model and mask, who must not learn who
+    took part: a mask report or DP-SGD release of a sampled client, or a second release from the same
+    sample, would tell them (two Gaussians on one sample are not two independently sampled ones).
+    """
+    if config.weight_channel not in ("server-clipping", "client-clipping"):
+        raise ConfigError(f"client-sampling poisson amplifies DP-FedAvg's client-level figure; weight-channel "
+                          f"{config.weight_channel} has none to amplify: use weight-channel server-clipping or "
+                          "client-clipping, or client-sampling fixed")
+    if config.method == "votes":
+        raise ConfigError("client-sampling poisson is accounted only where the mask comes from the noised average "
+                          "(method server-magnitude) or there is none (method dense): mask votes of the sampled "
+                          "clients would reveal who took part; use method server-magnitude, or client-sampling fixed")
+    if not config.fraction_train < 1:
+        raise ConfigError("client-sampling poisson samples each client with probability fraction-train: set "
+                          "fraction-train below 1 (100 of 1,000 clients a round: 0.1)")
+

@@ -96,6 +96,8 @@ def _privacy_markdown(privacy: dict) -> list[str]:
     free = sorted({what for figure in privacy["end_to_end"].values() for what in figure["post_processing"]})
     if free:
         out += ["", "Free as post-processing of protected values: " + "; ".join(free) + "."]
+    sampling = privacy["client_sampling"]
+    out += ["", f"Client sampling: {sampling['scheme']} at rate {sampling['rate']:g}; {sampling['meaning']}."]
     out += ["", "Trust models: " + " ".join(f"**{name}**: {meaning}." for name, meaning in
                                             privacy["trust_models"].items())]
     return out

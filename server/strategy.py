@@ -17,11 +17,12 @@ from collections.abc import Iterable
 from logging import INFO, WARNING
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.exception import AggregationError, PrivacyBudgetExhausted
 from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from fedprune.federated import keys, wire
 from fedprune.federated.coordinator import BudgetExhausted, Coordinator, Reply, TooFewReplies
@@ -59,7 +60,15 @@ class FedPrune(FedAvg):
         request = wire.TrainRequest(coordinator.config, self.plan, packed, length)
         values = {**dict(config), **request.to_config()}  # Flower's own keys (server-round) beside fedprune's
         self.sent = from_record(arrays)
-        return list(super().configure_train(server_round, arrays, ConfigRecord(values), grid))
+        if not coordinator.poisson:
+            return list(super().configure_train(server_round, arrays, ConfigRecord(values), grid))
+        # Poisson client sampling: the coordinator draws who takes part, secretly (FedAvg's sampling is a fixed size)
+        nodes, _ = sample_nodes(grid, self.min_available_nodes, self.min_available_nodes)
+        chosen = coordinator.sample(self.plan, sorted(nodes))
+        log(INFO, "configure_train: %d of %d nodes take part (Poisson sampling)", len(chosen), len(nodes))
+        values[keys.SERVER_ROUND] = server_round
+        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: ConfigRecord(values)})
+        return list(self._construct_messages(record, chosen, MessageType.TRAIN))
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -70,7 +79,7 @@ class FedPrune(FedAvg):
             raise AggregationError(str(error)) from None
         # only public counts and post-processing of the published model; a loss only where nothing is protected
         metrics = {"valid-replies": len(parsed), "density": self.coordinator.density(), "pruned": int(self.plan.prune)}
-        if all("train-loss" in r.metrics for r in parsed):
+        if parsed and all("train-loss" in r.metrics for r in parsed):
             metrics["train-loss"] = float(np.average([r.metrics["train-loss"] for r in parsed],
                                                      weights=[r.examples or 1 for r in parsed]))
         return to_record(weights), MetricRecord(metrics)

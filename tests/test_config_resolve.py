@@ -27,6 +27,7 @@ BAD = {
     "num_server_rounds": (0, "must be an integer >= 1"),
     "num_clients": ("ten", "must be an integer"),
     "fraction_train": (1.5, r"must be in \(0, 1\]"),
+    "client_sampling": ("random", "valid client-samplings: fixed, poisson"),
     "min_replies": (0, "must be an integer >= 1"),
     "local_epochs": (2.5, "must be an integer"),
     "batch_size": (-1, "must be an integer >= 1"),

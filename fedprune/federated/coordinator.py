@@ -49,6 +49,7 @@ from fedprune.validation import ConfigError
 
 UNITS = ("record", "client")
 WEIGHT_NOISE_STREAM = (0, 1)  # privacy_rng stream suffix of the server's weight noise (clients use (round, id))
+SAMPLING_STREAM = (0, 2)  # ... of the server's secret Poisson client sampling
 RESUMABLE = ("num-server-rounds", "resume", "run-name", "output-dir")  # may change when a run resumes
 
 
@@ -148,10 +149,26 @@ class Coordinator:
         return Reply(str(client), examples, checked, report, dict(reply.metrics), reply.dpsgd)
 
     def reject(self, plan: RoundPlan, client: str | None, reason: str) -> None:
-        """Count a malformed reply (its release still counts: the server received it)."""
+        """Count a malformed reply (its release still counts: the server received it).
+
+        Under Poisson client sampling every client is charged for every round anyway (``accept``).
+        """
         self.rejected.append({"round": plan.round, "client": client, "reason": reason})
-        if client is not None:
+        if client is not None and not self.poisson:
             self.record(plan, [client])
+
+    @property
+    def poisson(self) -> bool:
+        """Whether clients take part by secret Poisson sampling (DP-FedAvg's; mask-only sends no weights)."""
+        return self.weight_channel is not None and self.weight_channel.sampled
+
+    def sample(self, plan: RoundPlan, nodes: list[int]) -> list[int]:
+        """Under Poisson client sampling, the nodes that take part in ``plan``'s round: each independently with
+        probability fraction-train, from the privacy randomness (secret: the figure's amplification rests on it)."""
+        seed = self.config.privacy_seed
+        rng = privacy_rng(None if seed < 0 else seed, stream=(plan.round, *SAMPLING_STREAM))
+        chosen = rng.random(len(nodes)) < self.weight_channel.sampling_rate
+        return [node for node, take in zip(nodes, chosen) if take]
 
     def dropout(self) -> None:
         """Count a client that did not reply (nothing was received, so nothing is charged)."""
@@ -164,7 +181,8 @@ class Coordinator:
         if extra:
             raise MalformedReply(f"metrics {extra} are not counted by this run's guarantee (weight channel "
                                  f"{self.weight_channel.name}); a client sends only {sorted(allowed)}")
-        return reply_identity(metrics, examples=weight_channel.uses_examples(self.weight_channel))
+        return reply_identity(metrics, examples=weight_channel.uses_examples(self.weight_channel),
+                              population=self.config.num_clients)
 
     # --- privacy ----------------------------------------------------------------------------
 
@@ -219,13 +237,19 @@ class Coordinator:
     # --- aggregation ------------------------------------------------------------------------
 
     def accept(self, plan: RoundPlan, replies: list[Reply]) -> list[Reply]:
-        """Enough well-formed replies, each client's release charged, upload counted; in a fixed order."""
-        if len(replies) < self.config.min_replies:
+        """Enough well-formed replies, each client's release charged, upload counted; in a fixed order.
+
+        Under Poisson client sampling a round is one sampled release whoever replied: any number of replies
+        (none included) is aggregated, and every client of the population is charged the round.
+        """
+        if self.poisson:
+            self.record(plan, [str(client) for client in range(self.config.num_clients)])
+        elif len(replies) < self.config.min_replies:
             raise TooFewReplies(f"round {plan.round}: {len(replies)} well-formed replies, min-replies is "
                                 f"{self.config.min_replies} ({len(self.rejected)} rejected so far, "
                                 f"{self.dropouts} dropouts); lower min-replies or fix the failing clients")
         replies = sorted(replies, key=lambda r: int(r.client))  # a fixed order: same sums on resume
-        for reply in replies:
+        for reply in replies if not self.poisson else ():
             self.record(plan, [reply.client], dpsgd=reply.dpsgd)
         self.upload_bytes = [reply_bytes(r) for r in replies]
         return replies
@@ -292,11 +316,14 @@ class Coordinator:
         self.rejected, self.dropouts = list(state["rejected"]), int(state["dropouts"])
 
 
-def reply_identity(metrics: Mapping, *, examples: bool = True) -> tuple[int, int | None]:
-    """(client id, examples) a reply's metrics must carry (examples only when asked); MalformedReply otherwise."""
+def reply_identity(metrics: Mapping, *, population: int, examples: bool = True) -> tuple[int, int | None]:
+    """(client id, examples) a reply's metrics must carry (examples only when asked); MalformedReply otherwise.
+
+    The client id is a partition id, below ``population`` (num-clients): the ledgers are keyed by it.
+    """
     client = metrics.get(keys.CLIENT_ID)
-    if isinstance(client, bool) or not isinstance(client, int) or client < 0:
-        raise MalformedReply(f"metrics lack a client-id >= 0 (got {client!r})")
+    if isinstance(client, bool) or not isinstance(client, int) or not 0 <= client < population:
+        raise MalformedReply(f"metrics lack a client-id in [0, {population}) (got {client!r})")
     if not examples:
         return client, None
     examples = metrics.get(keys.NUM_EXAMPLES)

@@ -15,6 +15,7 @@ NUM_EXAMPLES = "num-examples"   # in METRICS where the weight channel averages b
 PLAIN_METRICS = ("train-loss", "train-seconds")  # in METRICS only where nothing a client sends is protected
 SETTING_PREFIX = "run."         # the client's settings travel as run.<key> in CONFIG
 PLAN_PREFIX = "plan."           # the round's plan travels as plan.<field> keys in CONFIG
+SERVER_ROUND = "server-round"  # Flower's FedAvg puts the round in every config (fedprune sets it where it samples)
 CLIPPING_NORM = "clipping_norm"  # Flower's fixedclipping_mod reads it: sent under weight channel client-clipping
 
 MASK_BITS, MASK_LENGTH = "mask.packed", "mask.length"

@@ -207,7 +207,7 @@ class MaskOnlyCoordinator(Coordinator):
         if extra:
             raise MalformedReply(f"metrics {extra} are not counted by mask-only's guarantee: a client sends only "
                                  f"{keys.CLIENT_ID!r} beside its mask sample")
-        return reply_identity(metrics, examples=False)
+        return reply_identity(metrics, examples=False, population=self.config.num_clients)
 
     def round_events(self, plan: RoundPlan, dpsgd: Mapping | None = None):
         return [(event, UNITS) for event in report_events(self.sampler)]

@@ -67,7 +67,20 @@ def statement(config: RunConfig, channel: WeightChannel | None, accountant: Acco
     if "mask" in channels:
         channels["mask"]["epsilon"] = {unit: mask_accountant.epsilon(config.delta, unit) for unit in UNITS}
     return {"delta": config.delta, "unit": config.unit, "channels": channels, "end_to_end": end_to_end,
-            "against_the_server": against_server, "trust_models": TRUST_MODELS}
+            "against_the_server": against_server, "client_sampling": sampling(config, channel),
+            "trust_models": TRUST_MODELS}
+
+
+def sampling(config: RunConfig, channel: WeightChannel | None) -> dict:
+    """How clients came to take part, and whether the figures count it (amplification) and against whom."""
+    if channel is None or not channel.sampled:
+        return {"scheme": config.client_sampling, "rate": config.fraction_train, "amplified": False,
+                "meaning": "the figures charge each client the rounds it took part in; no amplification is counted"}
+    return {"scheme": "poisson", "rate": channel.sampling_rate, "amplified": True,
+            "meaning": f"each client took part in a round with probability {channel.sampling_rate:g}, drawn secretly "
+                       "by the server; every round is charged to every client as a Poisson-sampled Gaussian, which "
+                       "holds against recipients of the released model and mask (they do not learn who took part; "
+                       "the run folder's logs of replies and rejections are the trusted server's own records)"}
 
 
 def short(config: RunConfig, statement: dict) -> str:
