@@ -74,8 +74,8 @@ def test_the_pipeline_as_built_passes():
 def test_example_weighted_averaging_fails(monkeypatch):
     real = weight_channel.build
 
-    def build(name, noise, clipping):
-        channel = real(name, noise, clipping)
+    def build(name, noise, clipping, **sampling):
+        channel = real(name, noise, clipping, **sampling)
         return ExampleWeighted(name, noise, clipping) if isinstance(channel, NoisedMean) else channel
 
     monkeypatch.setattr(weight_channel, "build", build)
