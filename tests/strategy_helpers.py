@@ -10,7 +10,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 
 import clients.app
 from fedprune.federated import modes, keys
-from fedprune.config import RunConfig
+from fedprune.config import RunConfig, resolve
 from fedprune.federated.local import new_model
 from fedprune.pruning.masks import prunable_parameters
 from server.strategy import FedPrune, to_record
@@ -31,6 +31,15 @@ def small_config(**changes) -> RunConfig:
                     epsilon_per_decision=1.0, batch_size=64)
     settings.update(changes)
     return RunConfig(**settings)
+
+
+def mask_only_config(**changes) -> RunConfig:
+    """A small mask-only run on digits (kebab-case ``changes``)."""
+    settings = {"mode": "mask-only", "dataset": "digits", "model": "mlp", "num-clients": 4, "min-replies": 2,
+                "num-server-rounds": 3, "privacy-seed": 3, "epsilon-per-decision": 2.0, "batch-size": 64,
+                "local-epochs": 1}
+    settings.update(changes)
+    return resolve(settings)
 
 
 def setup(config):

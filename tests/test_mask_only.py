@@ -17,12 +17,12 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.common.serde import recorddict_to_proto
-from strategy_helpers import NODES, ListGrid
+from strategy_helpers import NODES, ListGrid, mask_only_config
 
 import clients.app
 from fedprune import run_folder
 from fedprune.federated import keys, wire
-from fedprune.config import RunConfig, resolve
+from fedprune.config import resolve
 from fedprune.federated.coordinator import BudgetExhausted
 from fedprune.federated.local import client_data, new_model
 from fedprune.federated.mask_only import MaskOnlyCoordinator, client_round_mask_only
@@ -37,13 +37,6 @@ pytestmark = pytest.mark.usefixtures("task_identity")
 
 DELTA = 1e-5
 
-
-def small_config(**changes) -> RunConfig:
-    settings = {"mode": "mask-only", "dataset": "digits", "model": "mlp", "num-clients": 4, "min-replies": 2,
-                "num-server-rounds": 3, "privacy-seed": 3, "epsilon-per-decision": 2.0, "batch-size": 64,
-                "local-epochs": 1}
-    settings.update(changes)
-    return resolve(settings)
 
 
 def coordinator_for(config) -> MaskOnlyCoordinator:
@@ -98,7 +91,7 @@ def test_settings_mask_only_cannot_honour_fail_before_any_work(change):
 
 
 def test_frozen_weights_are_the_same_in_another_process():
-    config = small_config()
+    config = mask_only_config()
     digest = hashlib.sha256(b"".join(v.tobytes() for v in frozen_state(config).values())).hexdigest()
     code = ("import hashlib; from fedprune.config import RunConfig; "
             "from fedprune.training.supermask import frozen_state; "
@@ -111,7 +104,7 @@ def test_frozen_weights_are_the_same_in_another_process():
 # --- one round on real messages ------------------------------------------------------------------
 
 def test_a_round_uploads_one_packed_mask_sample_and_nothing_else():
-    config = small_config()
+    config = mask_only_config()
     coordinator, strategy, messages = setup(config)
     d = coordinator.length
     names = list(coordinator.masks)
@@ -143,7 +136,7 @@ def test_a_round_uploads_one_packed_mask_sample_and_nothing_else():
 
 
 def test_ledgers_are_per_client_and_compose_like_randomized_response():
-    config = small_config()
+    config = mask_only_config()
     coordinator = coordinator_for(config)
     d = coordinator.length
     coordinator.record(coordinator.plan(1), ["0", "1"])
@@ -155,7 +148,7 @@ def test_ledgers_are_per_client_and_compose_like_randomized_response():
 
 
 def test_the_budget_refuses_the_round_that_would_exceed_it():
-    config = small_config()
+    config = mask_only_config()
     d = coordinator_for(config).length
     coordinator = coordinator_for(config.replace(budget_epsilon=1.5 * closed_form(config, d)))
     coordinator.check_budget(coordinator.plan(1))  # one report fits
@@ -165,7 +158,7 @@ def test_the_budget_refuses_the_round_that_would_exceed_it():
 
 
 def test_exact_samples_at_epsilon_inf_carry_no_guarantee():
-    coordinator, strategy, messages = setup(small_config(**{"epsilon-per-decision": "inf"}))
+    coordinator, strategy, messages = setup(mask_only_config(**{"epsilon-per-decision": "inf"}))
     replies = [client_reply(m, i) for i, m in enumerate(messages)]
     samples = []
     for reply in replies:
@@ -204,7 +197,7 @@ BREAKAGES = {
 
 @pytest.mark.parametrize("breakage", BREAKAGES)
 def test_malformed_replies_are_rejected_logged_and_counted(breakage, caplog):
-    coordinator, strategy, messages = setup(small_config())
+    coordinator, strategy, messages = setup(mask_only_config())
     replies = [client_reply(m, i) for i, m in enumerate(messages)]
     replies[0] = rebuilt(replies[0], BREAKAGES[breakage])
     with caplog.at_level(logging.WARNING, logger="flwr"):
@@ -233,7 +226,7 @@ def _rounds(config, coordinator, arrays, rounds):
 
 
 def test_resuming_from_a_checkpoint_gives_the_uninterrupted_result(tmp_path):
-    config = small_config(**{"num-clients": 3})
+    config = mask_only_config(**{"num-clients": 3})
     whole = coordinator_for(config)
     final = _rounds(config, whole, whole.compact({}), [1, 2])
 

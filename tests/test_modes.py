@@ -5,23 +5,16 @@ import dataclasses
 import pytest
 
 from fedprune.federated import modes
-from fedprune.config import MODES, RunConfig, resolve
+from fedprune.config import MODES
 from fedprune.federated.coordinator import Coordinator
 from fedprune.federated.local import client_round
 from fedprune.federated.mask_only import MaskOnlyCoordinator
 from fedprune.privacy.rng import RandomnessSource
 from server import report
-from strategy_helpers import client_reply, setup, small_config
+from strategy_helpers import client_reply, mask_only_config, setup, small_config
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 
-
-def mask_only_config(**changes) -> RunConfig:
-    settings = {"mode": "mask-only", "dataset": "digits", "model": "mlp", "num-clients": 4, "min-replies": 2,
-                "num-server-rounds": 3, "privacy-seed": 3, "epsilon-per-decision": 2.0, "batch-size": 64,
-                "local-epochs": 1}
-    settings.update(changes)
-    return resolve(settings)
 
 
 def test_every_mode_the_settings_accept_is_registered_once():

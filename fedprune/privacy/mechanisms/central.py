@@ -20,15 +20,8 @@ import math
 import numpy as np
 
 from fedprune.privacy.events import Gaussian
-from fedprune.privacy.mechanisms.base import (
-    MaskReport,
-    Mechanism,
-    VoteTally,
-    check_count,
-    check_epsilon,
-    check_frequency,
-    check_packed,
-)
+from fedprune.privacy.mechanisms.base import (MaskReport, Mechanism, VoteTally, check_count, check_epsilon,
+                                             check_frequency, check_packed)
 from fedprune.privacy.mechanisms.packed import count_ones
 from fedprune.privacy.mechanisms.registry import register
 from fedprune.privacy.rng import check_generator

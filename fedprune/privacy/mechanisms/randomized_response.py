@@ -27,15 +27,8 @@ import math
 import numpy as np
 
 from fedprune.privacy.events import BernoulliPair, randomized_response
-from fedprune.privacy.mechanisms.base import (
-    MaskReport,
-    Mechanism,
-    VoteTally,
-    check_count,
-    check_epsilon,
-    check_frequency,
-    check_packed,
-)
+from fedprune.privacy.mechanisms.base import (MaskReport, Mechanism, VoteTally, check_count, check_epsilon,
+                                             check_frequency, check_packed)
 from fedprune.privacy.mechanisms.packed import count_ones, implemented, threshold, threshold_bits
 from fedprune.privacy.mechanisms.registry import register
 from fedprune.validation import ConfigError

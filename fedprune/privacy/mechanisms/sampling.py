@@ -19,15 +19,8 @@ import numbers
 import numpy as np
 
 from fedprune.privacy.events import BernoulliPair
-from fedprune.privacy.mechanisms.base import (
-    MaskReport,
-    Mechanism,
-    VoteTally,
-    check_count,
-    check_epsilon,
-    check_frequency,
-    check_packed,
-)
+from fedprune.privacy.mechanisms.base import (MaskReport, Mechanism, VoteTally, check_count, check_epsilon,
+                                             check_frequency, check_packed)
 from fedprune.privacy.mechanisms.packed import implemented, threshold, threshold_bits
 from fedprune.privacy.mechanisms.randomized_response import flip_probability
 from fedprune.privacy.mechanisms.registry import register
