@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 
-from fedprune import config_checks
+from fedprune import config_checks, presets
 from fedprune.pruning.schedules import Constant, Geometric, OneShot, Polynomial, Schedule
 from fedprune.validation import ConfigError, finite, pick, positive, positive_int, probability, sparsity
 
@@ -223,7 +223,8 @@ def resolve(settings: RunConfig | Mapping[str, object]) -> RunConfig:
     """The one entry for a run's settings: a checked, resolved :class:`RunConfig`.
 
     ``settings``: a RunConfig (already resolved) or kebab-case keys as in pyproject.toml, where
-    ``"auto"`` or a missing key takes the mode's default. Unknown keys, wrong types and bad values
+    ``"auto"`` or a missing key takes the mode's default, and ``preset`` names a set of settings
+    (``fedprune.presets``) that the other keys override. Unknown keys, wrong types and bad values
     fail with a ConfigError naming the key, the allowed values and the fix.
     """
     if isinstance(settings, RunConfig):
@@ -231,6 +232,7 @@ def resolve(settings: RunConfig | Mapping[str, object]) -> RunConfig:
     if not isinstance(settings, Mapping):
         raise ConfigError("settings must be a RunConfig or a mapping of kebab-case keys, "
                           f"got {type(settings).__name__}")
+    settings = presets.apply(settings)
     fields = {_key(f.name): f.name for f in dataclasses.fields(RunConfig)}
     unknown = sorted(set(settings) - set(fields))
     if unknown:

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from fedprune import run_folder
+from fedprune import presets, run_folder
 from fedprune.config import MODE_DEFAULTS, RunConfig, resolve
 from fedprune.validation import ConfigError
 
@@ -31,9 +31,13 @@ SHORTCUTS = {  # option -> config key
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
     defaults = RunConfig().to_mapping()
+    parser.add_argument("--preset", default=None, choices=list(presets.PRESETS), metavar="PRESET",
+                        help=f"a trust model's settings, which the other options override: "
+                             f"{', '.join(presets.PRESETS)} (default {presets.MAIN}; none for another mode or "
+                             "--resume)")
     for option, key in SHORTCUTS.items():
         parser.add_argument(f"--{option.replace('_', '-')}", dest=option, default=None, metavar=key.upper(),
-                            help=f"sets {key} (default {_default(key, defaults)})")
+                            help=f"sets {key} (the preset's value; with --preset none {_default(key, defaults)})")
     parser.add_argument("--dense-baseline", action="store_true", help="also train dense FedAvg (same seed, rounds)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="any [tool.flwr.app.config] key, e.g. --set dirichlet-alpha=0.1 (repeatable)")
@@ -68,6 +72,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         if not sep:
             raise ConfigError(f"--set takes KEY=VALUE, got {item!r}")
         settings[key.strip()] = value.strip()
+    settings["preset"] = args.preset or ("none" if args.resume or settings.get("mode", "default") != "default"
+                                         else presets.MAIN)
     return resolve(settings)
 
 

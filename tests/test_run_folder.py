@@ -82,7 +82,7 @@ def test_write_atomic_replaces_whole_files_and_leaves_no_temporary(tmp_path):
 
 
 def test_a_split_the_data_cannot_give_is_refused_before_the_engine_starts(tmp_path):
-    done = fedprune("run", "--clients", "400", "--out", str(tmp_path), cwd=tmp_path)
+    done = fedprune("run", "--preset", "none", "--clients", "400", "--out", str(tmp_path), cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     assert "cannot split mnist1d's 8000 training examples among 400 clients by dirichlet" in done.stderr
     assert "use fewer clients, raise dirichlet-alpha (now 0.5) or set partitioner iid" in done.stderr

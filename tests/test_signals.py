@@ -13,9 +13,9 @@ from fedprune import run_folder
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
-SETTINGS = ["--dataset", "digits", "--model", "mlp", "--clients", "3", "--rounds", "6", "--set", "local-epochs=2",
-            "--set", "schedule=oneshot", "--set", "prune-start=1", "--set", "prune-end=1", "--sparsity", "0.5",
-            "--set", "privacy-seed=1"]
+SETTINGS = ["--preset", "none", "--dataset", "digits", "--model", "mlp", "--clients", "3", "--rounds", "6",
+            "--set", "local-epochs=2", "--set", "schedule=oneshot", "--set", "prune-start=1", "--set", "prune-end=1",
+            "--sparsity", "0.5", "--set", "privacy-seed=1"]
 
 
 def start(tmp_path, name):
