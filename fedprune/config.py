@@ -37,8 +37,8 @@ MODE_DEFAULTS = {
 }
 # Settings only the server reads: a client is never sent them (fedprune.federated.wire.TrainRequest).
 SERVER_ONLY = frozenset({"num-server-rounds", "fraction-train", "client-sampling", "schedule", "prune-start",
-                         "prune-end", "prune-every", "budget-epsilon", "dense-baseline", "run-name", "output-dir",
-                         "resume"})
+                         "prune-end", "prune-every", "server-learning-rate", "server-momentum", "budget-epsilon",
+                         "dense-baseline", "run-name", "output-dir", "resume"})
 CLIENT_SAMPLING = {"fixed": "Flower samples fraction-train x num-clients clients a round (no amplification)",
                    "poisson": "each client takes part with probability fraction-train, secretly (amplified)"}
 SCHEDULE_NAMES = ("oneshot", "constant", "geometric", "polynomial")
@@ -101,6 +101,10 @@ class RunConfig:
     weight_channel: str = "clear"  # how weight updates travel: clear, server-clipping, client-clipping, dpsgd
     noise_multiplier: float = 1.0  # Gaussian noise std over the clipping norm, for the DP weight channels
     clipping_norm: float = 1.0  # L2 clip of each update (DP-FedAvg) or of each example's gradient (DP-SGD)
+    # the server's step from the channel's average (fedprune.federated.server_optimizer; post-processing, free):
+    # new = sent + server-learning-rate x m, m = server-momentum x m + (average - sent); 1 and 0: plain FedAvg
+    server_learning_rate: float = 1.0
+    server_momentum: float = 0.0  # FedAvgM's momentum, which averages DP-FedAvg's noise over rounds
     budget_epsilon: float = 0.0  # stop before a round takes any client past this eps in `unit` (0: no budget)
     # --- the run ---
     dense_baseline: bool = False  # also run dense FedAvg on the same seed and report its accuracy beside
@@ -154,6 +158,9 @@ class RunConfig:
             raise ConfigError(f"sample-size must be >= 0 (0: every coordinate), got {self.sample_size}")
         positive("noise-multiplier", self.noise_multiplier)
         positive("clipping-norm", self.clipping_norm)
+        positive("server-learning-rate", self.server_learning_rate)
+        if not 0 <= finite("server-momentum", self.server_momentum) < 1:
+            raise ConfigError(f"server-momentum must be in [0, 1), got {self.server_momentum}")
         if finite("budget-epsilon", self.budget_epsilon) < 0:
             raise ConfigError(f"budget-epsilon must be >= 0 (0: no budget), got {self.budget_epsilon}")
         if self.examples_per_client < 0:

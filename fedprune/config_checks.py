@@ -15,7 +15,8 @@ if TYPE_CHECKING:
 # Mask-only mode (fedprune.federated.mask_only) has one mechanism, weight-level masks, no weight channel or
 # dense baseline.
 MASK_ONLY_REQUIRES = {"method": "votes", "mechanism": "randomized-response", "weight_channel": "clear",
-                      "structure": "unstructured", "dense_baseline": False}
+                      "structure": "unstructured", "dense_baseline": False, "server_learning_rate": 1.0,
+                      "server_momentum": 0.0}
 
 
 def check_names(config: RunConfig) -> None:

@@ -60,6 +60,8 @@ BAD = {
     "weight_channel": ("noisy", "valid weight-channels: .*clear"),
     "noise_multiplier": (0, "must be > 0"),
     "clipping_norm": (-1, "must be > 0"),
+    "server_learning_rate": (0, "must be > 0"),
+    "server_momentum": (1.0, r"must be in \[0, 1\)"),
     "budget_epsilon": (-1, r"must be >= 0 \(0: no budget\)"),
     "dense_baseline": ("yes", "must be true or false"),
     "mode": ("masks", "valid modes: default, mask-only"),

@@ -29,6 +29,7 @@ from fedprune.config import RunConfig
 from fedprune.federated import keys, wire
 from fedprune.federated.compact import check_compact, compact, compact_shapes, expand
 from fedprune.federated.keys import MalformedReply
+from fedprune.federated.server_optimizer import ServerOptimizer
 from fedprune.federated.rounds import (
     RoundPlan,
     mask_events,
@@ -86,6 +87,7 @@ class Coordinator:
         self.masks = full_masks({name: torch.empty(self.shapes[name]) for name in prunable})
         self.sparsity = 0.0
         self.weight_channel = config.build_weight_channel()
+        self.server_optimizer = ServerOptimizer(config.server_learning_rate, config.server_momentum)
         self.accountant = Accountant()
         self.mask_accountant = Accountant()  # the mask channel alone, shown beside the end-to-end figures
         self.rejected: list[dict] = []
@@ -264,7 +266,7 @@ class Coordinator:
         seed = self.config.privacy_seed
         rng = privacy_rng(None if seed < 0 else seed, stream=(plan.round, *WEIGHT_NOISE_STREAM))
         average = self.weight_channel.combine(sent, [r.weights for r in replies], [r.examples for r in replies], rng)
-        dense = self.expand(average)
+        dense = self.server_optimizer.step(self.expand(sent), self.expand(average))
         if plan.prune:
             magnitudes = np.abs(flatten_weights(dense, self.masks))
             if self.config.method == "server-magnitude":
@@ -276,6 +278,7 @@ class Coordinator:
                                        eligible=self.eligible)
             self.masks = next_global_masks(self.config, plan, frequencies, magnitudes, self.masks)
             self.sparsity = plan.sparsity
+            self.server_optimizer.forget(self.numpy_masks())
         return self.compact(dense)
 
     def frequencies(self, plan: RoundPlan, replies: list[Reply]) -> np.ndarray:
@@ -295,7 +298,8 @@ class Coordinator:
         return {"config": self.config.to_mapping(), "sparsity": self.sparsity,
                 "mask": base64.b64encode(packed.tobytes()).decode(), "mask_length": length,
                 "accountant": self.accountant.state_dict(), "mask_accountant": self.mask_accountant.state_dict(),
-                "rejected": self.rejected, "dropouts": self.dropouts}
+                "rejected": self.rejected, "dropouts": self.dropouts,
+                "server_momentum": self.server_optimizer.state_dict()}
 
     def load_state_dict(self, state: Mapping) -> None:
         """Restore a checkpoint's state; the run's settings must match the checkpoint's."""
@@ -314,6 +318,7 @@ class Coordinator:
         self.accountant.load_state_dict(state["accountant"])
         self.mask_accountant.load_state_dict(state["mask_accountant"])
         self.rejected, self.dropouts = list(state["rejected"]), int(state["dropouts"])
+        self.server_optimizer.load_state_dict(state.get("server_momentum", {}))
 
 
 def reply_identity(metrics: Mapping, *, population: int, examples: bool = True) -> tuple[int, int | None]:
