@@ -6,6 +6,9 @@ same privacy ledger a run keeps and predicts the error of the server's keep-freq
 and how much of the true top-k it recovers. Where the error drowns the signal it says so and
 shows what would help. A table for people; ``--json`` for machines.
 
+``--preset NAME`` (with ``--set KEY=VALUE``) instead forecasts a whole run's end-to-end figures
+from its settings, on the ledger the run keeps (``simulations.forecast``).
+
 ``--predict RUN_DIR`` instead replays the votes a run with exact votes recorded through the
 mechanism at given per-decision epsilons, and predicts how much of the non-private global mask
 the server recovers (``simulations.predict``).
@@ -21,7 +24,7 @@ from fedprune.privacy.mechanisms import REGISTRY
 from fedprune.privacy.planner import BudgetPlan, kept_schedule_for, plan_budget
 from fedprune.pruning.masks import kept_count
 from fedprune.validation import ConfigError, finite, sparsity
-from simulations import predict
+from simulations import forecast, predict
 from simulations.reporting import markdown_table
 
 DEFAULT_LENGTH = 28096  # prunable weights of the default CNN1D on MNIST-1D
@@ -68,9 +71,13 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-suggestions", action="store_true", help="skip planning the alternatives")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     predict.add_arguments(parser)
+    forecast.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    if forecast.wanted(args):
+        _refuse(args, PREDICT_ONLY, "forecasting a run (--preset, --set)")
+        return forecast.run(args)
     if args.predict:
         _refuse(args, PLAN_ONLY, "--predict replays recorded votes")
         return predict.run(args)

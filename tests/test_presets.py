@@ -7,6 +7,7 @@ import pytest
 
 from fedprune import presets, run_folder
 from fedprune.config import RunConfig, resolve
+from fedprune.federated.forecast import forecast
 from fedprune.validation import ConfigError
 from simulations.cli import build_parser
 from simulations.run import config_from_args, simulate
@@ -72,8 +73,14 @@ def test_a_small_run_of_each_preset_states_the_figure_its_trust_model_promises(t
     preset = presets.get(name)
     config = resolve({"preset": name, **SMALL[name], "privacy-seed": 1, "output-dir": str(tmp_path),
                       "run-name": name})
+    predicted = forecast(config)  # before the run, on the same ledger
     summary = simulate(config, progress=lambda line: None)
     figure = summary["privacy"]["end_to_end"][preset.unit]
+    for unit, stated in summary["privacy"]["end_to_end"].items():  # the forecast is the run's figure
+        assert (predicted["end_to_end"][unit]["epsilon"] is None) == (stated["epsilon"] is None)
+        if stated["epsilon"] is not None:
+            assert predicted["end_to_end"][unit]["epsilon"] == pytest.approx(stated["epsilon"], rel=1e-9)
+        assert predicted["end_to_end"][unit]["trust_model"] == stated["trust_model"]
     assert figure["epsilon"] is not None and 0 < figure["epsilon"] < math.inf
     assert figure["trust_model"] == preset.trust_model
     other = "client" if preset.unit == "record" else "record"
@@ -82,3 +89,17 @@ def test_a_small_run_of_each_preset_states_the_figure_its_trust_model_promises(t
     else:  # a client-level guarantee covers each of the client's records, under the same trust model
         assert summary["privacy"]["end_to_end"][other]["epsilon"] == pytest.approx(figure["epsilon"])
     assert summary["density"] == pytest.approx(1 - config.target_sparsity, abs=0.01)
+
+
+def test_fedprune_budget_forecasts_a_preset_and_refuses_plan_options(capsys):
+    from simulations.cli import main
+
+    assert main(["budget", "--preset", "cross-device", "--set", "num-server-rounds=50", "--set", "prune-start=10",
+                 "--set", "prune-end=30", "--json"]) == 0
+    statement = json.loads(capsys.readouterr().out)
+    config = resolve({"preset": "cross-device", "num-server-rounds": 50, "prune-start": 10, "prune-end": 30})
+    assert statement == json.loads(json.dumps(forecast(config)))
+    client = statement["end_to_end"]["client"]
+    assert client["trust_model"] == "central" and 0 < client["epsilon"] < 6.154  # fewer rounds than the preset's
+    assert main(["budget", "--preset", "cross-device", "--epsilon", "3"]) == 2
+    assert "--epsilon do(es) not apply to a forecast" in capsys.readouterr().err

@@ -276,10 +276,20 @@ class Coordinator:
                 self.last_report_plan = plan
                 self.last_votes = dict(plan=plan, clients=len(replies), frequencies=frequencies, tie_break=magnitudes,
                                        eligible=self.eligible)
-            self.masks = next_global_masks(self.config, plan, frequencies, magnitudes, self.masks)
-            self.sparsity = plan.sparsity
-            self.server_optimizer.forget(self.numpy_masks())
+            self.move_mask(plan, frequencies, magnitudes)
         return self.compact(dense)
+
+    def move_mask(self, plan: RoundPlan, frequencies: np.ndarray, magnitudes: np.ndarray) -> None:
+        """Take a pruning round's step: the new global mask from the round's scores (ties: ``magnitudes``)."""
+        self.masks = next_global_masks(self.config, plan, frequencies, magnitudes, self.masks)
+        self.sparsity = plan.sparsity
+        self.server_optimizer.forget(self.numpy_masks())
+
+    def forecast_step(self, plan: RoundPlan, magnitudes: np.ndarray) -> None:
+        """Move the mask as the round would, from stand-in ``magnitudes`` (flat over the kept weights): a
+        forecast (``fedprune.federated.forecast``) needs the mask's sizes, which later plans depend on."""
+        if plan.prune:
+            self.move_mask(plan, server_scores(self.config, magnitudes, self.masks), magnitudes)
 
     def frequencies(self, plan: RoundPlan, replies: list[Reply]) -> np.ndarray:
         mechanism = self.mechanism(plan)

@@ -212,6 +212,9 @@ class MaskOnlyCoordinator(Coordinator):
     def round_events(self, plan: RoundPlan, dpsgd: Mapping | None = None):
         return [(event, UNITS) for event in report_events(self.sampler)]
 
+    def forecast_step(self, plan: RoundPlan, magnitudes: np.ndarray) -> None:
+        """Nothing to move: every round's plan is the same, whatever the mask."""
+
     def record(self, plan: RoundPlan, clients: list[str], dpsgd=None) -> None:
         for event, units in self.round_events(plan):
             self.accountant.record(event, units=units, clients=clients)
