@@ -51,6 +51,17 @@ def test_every_documented_fedprune_command_parses(where, argv):
         pytest.fail(f"{where}: the CLI refuses it (exit {error.code})")
 
 
+RUNS = [(where, argv) for where, argv in commands() if argv[:1] == ["run"] and len(argv) > 1 and "--resume" not in argv
+        and not any(re.fullmatch(r"[A-Z_]+", arg) for arg in argv)]  # placeholders (E, RUN_DIR) are not settings
+
+
+@pytest.mark.parametrize("where, argv", RUNS, ids=[where for where, _ in RUNS])
+def test_every_documented_fedprune_run_resolves_to_valid_settings(where, argv):
+    from simulations.run import config_from_args
+
+    config_from_args(build_parser(argv).parse_args(argv))  # a ConfigError here: the documented run would exit 2
+
+
 def test_the_budget_plans_of_experiments_md_run_as_written(tmp_path):
     block = next(b for b in blocks((REPO / "docs" / "EXPERIMENTS.md").read_text()) if "fedprune budget" in b)
     done = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=REPO, capture_output=True, text=True,
