@@ -36,7 +36,9 @@ PREDICT_ONLY = {"epsilon_per_decision": None, "event": 1, "kept_fraction": None,
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--epsilon", type=float, default=None, help="total epsilon of the run (required to plan)")
+    parser.add_argument("--epsilon", type=float, default=None,
+                        help="total epsilon of the run (required to plan; with --preset: the noise multiplier that "
+                             "spends it is searched)")
     parser.add_argument("--delta", type=float, default=1e-5, help="delta of the guarantee (default 1e-5)")
     parser.add_argument("--unit", default="client", help="client | record (default client)")
     parser.add_argument("--mechanism", default=None,

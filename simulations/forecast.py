@@ -1,8 +1,9 @@
-"""`fedprune budget --preset NAME [--set KEY=VALUE ...]`: a run's end-to-end figures before it runs.
+"""`fedprune budget --preset NAME [--set KEY=VALUE ...] [--epsilon E]`: a run's end-to-end figures before it runs.
 
 The run's settings (a preset, then the given ones, resolved as `fedprune run` resolves them) are
 charged round by round to the ledger the run keeps (``fedprune.federated.forecast``): the figure
-per unit, the trust model and whom it holds against, and each channel's.
+per unit, the trust model and whom it holds against, and each channel's. With ``--epsilon E`` the
+noise multiplier is first searched so that the run spends at most E in its unit.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from fedprune.validation import ConfigError
 from simulations.reporting import markdown_table
 
 # the plan's options (simulations.budget) that a forecast reads from the run's settings instead
-PLAN_OPTIONS = {"epsilon": None, "delta": 1e-5, "unit": "client", "mechanism": None, "length": None, "kept": None,
+PLAN_OPTIONS = {"delta": 1e-5, "unit": "client", "mechanism": None, "length": None, "kept": None,
                 "sparsity": None, "clients": None, "pruning_events": None, "sparsities": None, "regrowth": False,
                 "rounds": None, "weight_noise": "clear", "sample_size": None, "frequency": None, "agreement": 0.8,
                 "coarse_length": None, "no_suggestions": False}
@@ -35,7 +36,7 @@ def wanted(args: argparse.Namespace) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fedprune.federated.forecast import forecast
+    from fedprune.federated.forecast import calibrate, forecast
 
     given = [option for option, default in PLAN_OPTIONS.items() if getattr(args, option) != default]
     if given:
@@ -49,12 +50,23 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--set takes KEY=VALUE, got {item!r}")
         settings[key.strip()] = value.strip()
     config = resolve(settings)
+    calibrated = ""
+    if args.epsilon is not None:
+        noise = float(f"{calibrate(config, args.epsilon):.4g}")
+        while forecast(config.replace(noise_multiplier=noise))["end_to_end"][config.unit]["epsilon"] > args.epsilon:
+            noise = float(f"{noise * 1.001:.4g}")  # rounded for the command line, never below the search's
+        config = config.replace(noise_multiplier=noise)
+        calibrated = (f"noise-multiplier {noise:g} spends at most eps {args.epsilon:g} ({config.unit} level): run it "
+                      f"with --set noise-multiplier={noise:g}")
     statement = forecast(config)
-    print(json.dumps(statement, indent=2) if args.json else format_forecast(args.preset or "none", config, statement))
+    if args.json:
+        print(json.dumps({**statement, "noise_multiplier": config.noise_multiplier}, indent=2))
+    else:
+        print(format_forecast(args.preset or "none", config, statement, calibrated))
     return 0
 
 
-def format_forecast(name: str, config, statement: dict) -> str:
+def format_forecast(name: str, config, statement: dict, calibrated: str = "") -> str:
     rows = [[unit, "none: " + "; ".join(f["why_none"]) if f["epsilon"] is None else f"{f['epsilon']:.4g}",
              f["trust_model"], f["holds_against"]] for unit, f in statement["end_to_end"].items()]
     channels = [[name_, *(f"{c[u]['trust_model']}" for u in ("record", "client"))]
@@ -62,7 +74,8 @@ def format_forecast(name: str, config, statement: dict) -> str:
     sampling = statement["client_sampling"]
     return "\n".join([
         f"# Forecast: preset {name}, {config.num_server_rounds} rounds, {config.num_clients} clients, "
-        f"delta {config.delta:g}",
+        f"delta {config.delta:g}, noise multiplier {config.noise_multiplier:g}",
+        *(["", calibrated] if calibrated else []),
         "", f"Unit of the run's budget and progress line: {config.unit}. Client sampling: {sampling['meaning']}.",
         "", markdown_table(["unit", "epsilon end to end", "trust model", "holds against"], rows),
         "", markdown_table(["channel", "record level", "client level"], channels),

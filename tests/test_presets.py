@@ -98,8 +98,21 @@ def test_fedprune_budget_forecasts_a_preset_and_refuses_plan_options(capsys):
                  "--set", "prune-end=30", "--json"]) == 0
     statement = json.loads(capsys.readouterr().out)
     config = resolve({"preset": "cross-device", "num-server-rounds": 50, "prune-start": 10, "prune-end": 30})
-    assert statement == json.loads(json.dumps(forecast(config)))
+    assert statement == json.loads(json.dumps({**forecast(config), "noise_multiplier": config.noise_multiplier}))
     client = statement["end_to_end"]["client"]
     assert client["trust_model"] == "central" and 0 < client["epsilon"] < 6.154  # fewer rounds than the preset's
-    assert main(["budget", "--preset", "cross-device", "--epsilon", "3"]) == 2
-    assert "--epsilon do(es) not apply to a forecast" in capsys.readouterr().err
+    assert main(["budget", "--preset", "cross-device", "--clients", "30"]) == 2
+    assert "--clients do(es) not apply to a forecast" in capsys.readouterr().err
+
+
+def test_fedprune_budget_finds_the_noise_that_spends_a_budget(capsys):
+    from simulations.cli import main
+
+    small = ["--set", "num-server-rounds=20", "--set", "prune-start=10", "--set", "prune-end=20"]
+    assert main(["budget", "--preset", "cross-device", *small, "--epsilon", "4", "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    config = resolve({"preset": "cross-device", "num-server-rounds": 20, "prune-start": 10, "prune-end": 20})
+    spent = forecast(config.replace(noise_multiplier=found["noise_multiplier"]))["end_to_end"]["client"]["epsilon"]
+    assert 4 * 0.99 < spent <= 4  # all of the budget, never more
+    assert forecast(config.replace(noise_multiplier=found["noise_multiplier"] * 0.99))["end_to_end"]["client"][
+        "epsilon"] > 4

@@ -54,3 +54,29 @@ def forecast(config: RunConfig) -> dict:
         pruned = coordinator.expand(coordinator.compact(state))
         coordinator.forecast_step(plan, np.abs(flatten_weights(pruned, coordinator.masks)))
     return coordinator.privacy()
+
+
+def calibrate(config: RunConfig, epsilon: float, *, low: float = 0.3, high: float = 50.0) -> float:
+    """The smallest noise multiplier (to 0.1%) at which a run of ``config`` ends at most at ``epsilon`` in its
+    ``unit``, end to end: a bisection over :func:`forecast`. ConfigError if none in [low, high] does, or if the
+    run has no finite figure in its unit whatever the noise."""
+    from fedprune.validation import ConfigError, positive
+
+    positive("epsilon", epsilon)
+
+    def spent(noise: float) -> float | None:
+        return forecast(config.replace(noise_multiplier=noise))["end_to_end"][config.unit]["epsilon"]
+
+    at_high = spent(high)
+    if at_high is None:
+        raise ConfigError(f"a run of these settings has no finite {config.unit}-level figure whatever the noise: "
+                          "pick a preset (or weight channel) that protects that unit")
+    if at_high > epsilon:
+        raise ConfigError(f"even noise multiplier {high:g} spends {at_high:.4g} > {epsilon:g}: fewer rounds, a "
+                          "lower sampling rate or a larger budget")
+    if spent(low) <= epsilon:
+        return low
+    while high / low > 1.001:
+        middle = (low * high) ** 0.5
+        low, high = (middle, high) if spent(middle) > epsilon else (low, middle)
+    return high
