@@ -15,6 +15,7 @@ from fedprune import presets
 from fedprune.config import resolve
 from fedprune.validation import ConfigError
 from simulations.reporting import markdown_table
+from simulations.run import parse_sets
 
 # the plan's options (simulations.budget) that a forecast reads from the run's settings instead
 PLAN_OPTIONS = {"delta": 1e-5, "unit": "client", "mechanism": None, "length": None, "kept": None,
@@ -43,18 +44,10 @@ def run(args: argparse.Namespace) -> int:
         names = ", ".join("--" + option.replace("_", "-") for option in given)
         raise ConfigError(f"{names} do(es) not apply to a forecast, which takes the run's settings: set them with "
                           "--set KEY=VALUE (e.g. --set delta=1e-6)")
-    settings: dict[str, object] = {"preset": args.preset or "none"}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set takes KEY=VALUE, got {item!r}")
-        settings[key.strip()] = value.strip()
-    config = resolve(settings)
+    config = resolve({"preset": args.preset or "none", **parse_sets(args.set)})
     calibrated = ""
     if args.epsilon is not None:
-        noise = float(f"{calibrate(config, args.epsilon):.4g}")
-        while forecast(config.replace(noise_multiplier=noise))["end_to_end"][config.unit]["epsilon"] > args.epsilon:
-            noise = float(f"{noise * 1.001:.4g}")  # rounded for the command line, never below the search's
+        noise = calibrate(config, args.epsilon)
         config = config.replace(noise_multiplier=noise)
         calibrated = (f"noise-multiplier {noise:g} spends at most eps {args.epsilon:g} ({config.unit} level): run it "
                       f"with --set noise-multiplier={noise:g}")

@@ -37,7 +37,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
                              "--resume)")
     for option, key in SHORTCUTS.items():
         parser.add_argument(f"--{option.replace('_', '-')}", dest=option, default=None, metavar=key.upper(),
-                            help=f"sets {key} (the preset's value; with --preset none {_default(key, defaults)})")
+                            help=f"sets {key} (default: the preset's if it sets it, else {_default(key, defaults)})")
     parser.add_argument("--dense-baseline", action="store_true", help="also train dense FedAvg (same seed, rounds)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="any [tool.flwr.app.config] key, e.g. --set dirichlet-alpha=0.1 (repeatable)")
@@ -67,14 +67,21 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
             settings[key] = getattr(args, option)
     if args.dense_baseline:
         settings["dense-baseline"] = True
-    for item in args.set:
+    settings.update(parse_sets(args.set))
+    settings["preset"] = args.preset or ("none" if args.resume or settings.get("mode", "default") != "default"
+                                         else presets.MAIN)
+    return resolve(settings)
+
+
+def parse_sets(items: list[str]) -> dict[str, str]:
+    """``--set KEY=VALUE`` options as settings (resolve() checks the keys and values)."""
+    settings = {}
+    for item in items:
         key, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"--set takes KEY=VALUE, got {item!r}")
         settings[key.strip()] = value.strip()
-    settings["preset"] = args.preset or ("none" if args.resume or settings.get("mode", "default") != "default"
-                                         else presets.MAIN)
-    return resolve(settings)
+    return settings
 
 
 def simulate(settings: RunConfig | Mapping[str, object], progress=print, num_cpus: int | None = None) -> dict:

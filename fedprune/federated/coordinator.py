@@ -286,8 +286,9 @@ class Coordinator:
         self.server_optimizer.forget(self.numpy_masks())
 
     def forecast_step(self, plan: RoundPlan, magnitudes: np.ndarray) -> None:
-        """Move the mask as the round would, from stand-in ``magnitudes`` (flat over the kept weights): a
-        forecast (``fedprune.federated.forecast``) needs the mask's sizes, which later plans depend on."""
+        """Move the mask as the round would, from stand-in ``magnitudes`` (flat over every prunable weight, zero
+        where pruned, as a round's average): a forecast (``fedprune.federated.forecast``) needs the mask's sizes,
+        which later plans depend on."""
         if plan.prune:
             self.move_mask(plan, server_scores(self.config, magnitudes, self.masks), magnitudes)
 

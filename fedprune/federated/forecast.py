@@ -57,9 +57,9 @@ def forecast(config: RunConfig) -> dict:
 
 
 def calibrate(config: RunConfig, epsilon: float, *, low: float = 0.3, high: float = 50.0) -> float:
-    """The smallest noise multiplier (to 0.1%) at which a run of ``config`` ends at most at ``epsilon`` in its
-    ``unit``, end to end: a bisection over :func:`forecast`. ConfigError if none in [low, high] does, or if the
-    run has no finite figure in its unit whatever the noise."""
+    """The smallest noise multiplier (to 0.1%, 4 significant digits for the command line) at which a run of
+    ``config`` ends at most at ``epsilon`` in its ``unit``, end to end: a bisection over :func:`forecast`.
+    ConfigError if none in [low, high] does, or if the run has no finite figure in its unit whatever the noise."""
     from fedprune.validation import ConfigError, positive
 
     positive("epsilon", epsilon)
@@ -79,4 +79,7 @@ def calibrate(config: RunConfig, epsilon: float, *, low: float = 0.3, high: floa
     while high / low > 1.001:
         middle = (low * high) ** 0.5
         low, high = (middle, high) if spent(middle) > epsilon else (low, middle)
-    return high
+    noise = float(f"{high:.4g}")
+    while spent(noise) > epsilon:  # rounding down may overspend: step up, never stating less noise than needed
+        noise = float(f"{noise * 1.001:.4g}")
+    return noise

@@ -1,0 +1,124 @@
+"""Accuracy against end-to-end epsilon for one preset: `python -m simulations.preset_frontier PRESET`.
+
+For each budget the noise multiplier that spends it (``fedprune budget --preset P --epsilon E``) is
+searched on the run's own ledger, then ``fedprune run --preset P --set noise-multiplier=Z --seed S``
+runs; beside them, on the same population and local training, dense non-private FedAvg and the
+preset's pruning without privacy. Writes ``OUT/results.json``, ``OUT/frontier-PRESET.png`` and
+``OUT/frontier-PRESET.md`` (a table, each row with its command). Runs already finished are reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from fedprune import presets
+from fedprune.config import resolve
+from fedprune.federated.forecast import calibrate
+from simulations.reporting import markdown_table
+
+
+def cells(name: str, budgets: list[float], seeds: list[int]) -> list[tuple[str, dict]]:
+    """(label, settings) of every run: the private ones at each budget, then the two non-private baselines."""
+    config = resolve({"preset": name})
+    out = []
+    for budget in budgets:
+        noise = calibrate(config, budget)
+        out += [(f"eps {budget:g}", {"noise-multiplier": noise, "seed": seed}) for seed in seeds]
+    preset = presets.get(name)
+    for label, method in (("dense, non-private", "dense"), ("pruned, non-private", config.method)):
+        changed = {key: value for key, value in preset.non_private(method).items() if preset.settings.get(key) != value}
+        out += [(label, {**changed, "seed": seed}) for seed in seeds]
+    return out
+
+
+def command(name: str, settings: dict, folder: Path) -> list[str]:
+    sets = [arg for key, value in settings.items() if key != "seed" for arg in ("--set", f"{key}={value}")]
+    return ["fedprune", "run", "--preset", name, "--seed", str(settings["seed"]), *sets, "--set", "privacy-seed=0",
+            "--name", folder.name, "--out", str(folder.parent), "--quiet"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m simulations.preset_frontier", description=__doc__)
+    parser.add_argument("preset", choices=[p for p, preset in presets.PRESETS.items() if preset.settings])
+    parser.add_argument("--budgets", default="1,2,4,8", help="end-to-end epsilons in the preset's unit")
+    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--out", default="runs/frontier")
+    args = parser.parse_args(argv)
+    preset, out = presets.get(args.preset), Path(args.out)
+    rows = []
+    for label, settings in cells(args.preset, [float(b) for b in args.budgets.split(",")],
+                                 [int(s) for s in args.seeds.split(",")]):
+        folder = out / f"{args.preset}-{label.replace(' ', '').replace(',', '-')}-seed{settings['seed']}"
+        argv_ = command(args.preset, settings, folder)
+        if not (folder / "summary.json").exists():
+            print("$", shlex.join(argv_), flush=True)
+            subprocess.run(argv_, check=True)
+        summary = json.loads((folder / "summary.json").read_text())
+        rows.append({"label": label, "command": shlex.join(argv_[:-5]), "seed": settings["seed"],
+                     "accuracy": summary["final_accuracy"], "density": summary["density"],
+                     "epsilon": summary["epsilon"][preset.unit], "seconds": summary["wall_seconds"],
+                     "trust_model": summary["privacy"]["end_to_end"][preset.unit]["trust_model"]})
+    (out / "results.json").write_text(json.dumps(rows, indent=2))
+    plot(out / f"frontier-{args.preset}.png", preset, rows)
+    (out / f"frontier-{args.preset}.md").write_text(table(preset, rows))
+    print(table(preset, rows))
+    return 0
+
+
+def _groups(rows: list[dict]) -> dict[str, list[dict]]:
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(row["label"], []).append(row)
+    return groups
+
+
+def table(preset, rows: list[dict]) -> str:
+    lines = []
+    for label, members in _groups(rows).items():
+        accuracy = [m["accuracy"] for m in members]
+        eps = [m["epsilon"] for m in members]
+        lines.append([label, f"{statistics.fmean(accuracy):.4f} ± {statistics.pstdev(accuracy):.4f}",
+                      " / ".join(f"{a:.4f}" for a in accuracy),
+                      "none" if None in eps else f"{max(eps):.3f}", members[0]["trust_model"],
+                      f"{statistics.fmean(m['density'] for m in members):.3f}",
+                      f"{statistics.fmean(m['seconds'] for m in members):.0f}", f"`{members[0]['command']}`"])
+    return markdown_table(["runs", "accuracy (mean ± sd)", "per seed", f"ε, {preset.unit} level, end to end",
+                           "trust model", "density", "s per run", "command (seed 0)"], lines) + "\n"
+
+
+def plot(path: Path, preset, rows: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6.4, 4.0))
+    private = [(statistics.fmean(m["epsilon"] for m in ms), statistics.fmean(m["accuracy"] for m in ms),
+                statistics.pstdev(m["accuracy"] for m in ms)) for label, ms in _groups(rows).items()
+               if ms[0]["epsilon"] is not None]
+    private.sort()
+    density = 1 - resolve({"preset": preset.name}).target_sparsity
+    axis.errorbar([p[0] for p in private], [p[1] for p in private], yerr=[p[2] for p in private], marker="o",
+                  capsize=3, label=f"{preset.name}, private, density {density:g}")
+    for (label, members), style in zip(((k, v) for k, v in _groups(rows).items() if v[0]["epsilon"] is None),
+                                       ("--", ":")):
+        axis.axhline(statistics.fmean(m["accuracy"] for m in members), linestyle=style, color="k", label=label)
+    axis.set_xscale("log")
+    axis.set_xlabel(f"ε end to end, {preset.unit} level ({preset.trust_model} trust model), δ = 1e-5")
+    axis.set_ylabel("final test accuracy (mean ± sd over seeds)")
+    axis.set_title(preset.summary[:90] + ("..." if len(preset.summary) > 90 else ""), fontsize=8)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
