@@ -74,7 +74,7 @@ class RunConfig:
     # 0: the dataset as published (MNIST-1D: 8,000 training examples); k > 0: MNIST-1D generated with
     # num-clients x k training examples (k per client under partitioner iid, k on average otherwise)
     examples_per_client: int = 0
-    model: str = "cnn1d"  # cnn1d, mlp, cnn2d
+    model: str = "cnn1d"  # cnn1d, cnn1d-small (32 channels), mlp, cnn2d
     partitioner: str = "dirichlet"  # how the training set is split over clients (iid, dirichlet, pathological)
     dirichlet_alpha: float = 0.5  # Dirichlet concentration: smaller is more non-IID
     classes_per_client: int = 2  # classes each client holds under the pathological partitioner

@@ -69,7 +69,7 @@ def test_model_classes_match_their_names():
 
 
 def test_errors_are_clear():
-    with pytest.raises(ConfigError, match="unknown model 'resnet'; valid models: cnn1d, cnn2d, mlp"):
+    with pytest.raises(ConfigError, match="unknown model 'resnet'; valid models: cnn1d, cnn1d-small, cnn2d, mlp"):
         build_model("resnet", (1, 40), 10)
     with pytest.raises(ConfigError, match="cnn1d has no option.*width; options: channels, kernel_sizes"):
         build_model("cnn1d", (1, 40), 10, width=3)
@@ -92,3 +92,11 @@ def test_errors_are_clear():
         build_model("cnn2d", (1, 8, 8), 3, channels=(8,))
     with pytest.raises(ConfigError, match="seed must be an integer >= 0"):
         build_model("mlp", (4,), 3, seed=-1)
+
+
+def test_cnn1d_small_is_cnn1d_at_32_channels_and_rebuilds_from_its_spec():
+    small = build_model("cnn1d-small", (1, 40), 10, seed=0)
+    assert small.spec == build_model("cnn1d", (1, 40), 10, seed=0, channels=32).spec
+    assert sum(p.numel() for p in small.parameters()) == 8010
+    rebuilt = build_model(**small.spec)  # what an exported model's runtime does
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in small.state_dict().items()}
