@@ -17,6 +17,10 @@ noised average moves with the canary. Two statistics of what the server publishe
 ``fedprune.privacy.audit.bound_from_scores``: the published value of that weight, and whether the
 published mask keeps it. The claim is the ledger's figure for the canary after the round.
 
+Under ``client-sampling poisson`` (the cross-device path) every trial draws who takes part afresh
+with the coordinator's own secret sampling, and only those clients' replies reach the server; the
+claim is then the amplified, Poisson-sampled figure, which the audit holds to what is published.
+
 False failures: each statistic exceeds a correct claim with probability at most
 ``1 - confidence``, so a correct pipeline fails with probability at most ``2 (1 - confidence)``.
 """
@@ -83,9 +87,14 @@ def audit_pipeline(config: RunConfig, *, trials: int = 1000, canary: int = 0, no
         return FedPrune(coordinator, fraction_train=1.0, min_train_nodes=config.num_clients,
                         min_available_nodes=config.num_clients)
 
-    strategy = fresh(noise_seed)
+    # every client's reply, sampled or not: under Poisson sampling each trial picks its own participants below
+    # (client-sampling and fraction-train are the server's alone: the clients' requests are the same)
+    everyone = coordinator_class(config.replace(client_sampling="fixed", fraction_train=1.0), shapes, prunable)
+    strategy = FedPrune(everyone, fraction_train=1.0, min_train_nodes=config.num_clients,
+                        min_available_nodes=config.num_clients)
     sent_record = to_record(strategy.coordinator.compact(state))
-    messages = list(strategy.configure_train(1, sent_record, ConfigRecord(), _Nodes(config.num_clients)))
+    nodes = _Nodes(config.num_clients)
+    messages = list(strategy.configure_train(1, sent_record, ConfigRecord(), nodes))
     plan, sent = strategy.plan, strategy.sent
     replies = [clients.app.app(m, Context(run_id=1, node_id=m.metadata.dst_node_id, state=RecordDict(),
                                           run_config={}, node_config={"partition-id": i,
@@ -102,7 +111,12 @@ def audit_pipeline(config: RunConfig, *, trials: int = 1000, canary: int = 0, no
         for trial in range(trials):
             strategy = fresh(noise_seed + world * trials + trial)
             strategy.plan, strategy.sent = plan, sent
-            arrays, _ = strategy.aggregate_train(1, replies_w)
+            if strategy.coordinator.poisson:  # this trial's secret sample
+                chosen = set(strategy.coordinator.sample(plan, nodes.get_node_ids()))
+                replies_w_ = [r for r in replies_w if r.metadata.src_node_id in chosen]
+            else:
+                replies_w_ = replies_w
+            arrays, _ = strategy.aggregate_train(1, replies_w_)
             coordinator = strategy.coordinator
             mask = coordinator.masks[name].numpy().reshape(-1)
             position = int(mask[:index].sum())  # where the coordinate sits in the compact tensor

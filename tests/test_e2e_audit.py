@@ -88,3 +88,20 @@ def test_a_mask_from_the_exact_average_fails():
     result = audit_pipeline(config(noise_multiplier=1000.0), trials=200, coordinator_class=MaskFromExactAverage)
     assert result.claimed_epsilon < 0.01
     assert not result.mask.passed and result.mask.epsilon_lower_bound > 2.0, result
+
+
+def test_the_cross_device_pipeline_with_secret_poisson_sampling_passes():
+    result = audit_pipeline(config(client_sampling="poisson", fraction_train=0.5, noise_multiplier=1.5), trials=400)
+    assert 0 < result.claimed_epsilon < 6.129  # amplified: below the unsampled Gaussian's 6.129
+    assert result.passed, result
+
+
+def test_amplification_claimed_while_every_client_takes_part_fails(monkeypatch):
+    """The ledger charges the Poisson-sampled figure (q = 0.01) but the server takes every reply: the canary is
+    always in, so the truth is the unamplified Gaussian (10.0) and the audit must see more than the 0.209 claimed.
+    No pruning, so the canary weight is always published."""
+    monkeypatch.setattr(Coordinator, "sample", lambda self, plan, nodes: list(nodes))
+    result = audit_pipeline(config(client_sampling="poisson", fraction_train=0.01, noise_multiplier=1.0, method="dense",
+                                   target_sparsity=0.0), trials=400)
+    assert result.claimed_epsilon == pytest.approx(0.209, abs=0.01)
+    assert not result.weight.passed and result.weight.epsilon_lower_bound > 1.5 * result.claimed_epsilon, result
