@@ -110,9 +110,11 @@ def plot(path: Path, preset, rows: list[dict]) -> None:
                                        ("--", ":")):
         axis.axhline(statistics.fmean(m["accuracy"] for m in members), linestyle=style, color="k", label=label)
     axis.set_xscale("log")
+    axis.set_xticks([p[0] for p in private], [f"{p[0]:.3g}" for p in private])
+    axis.minorticks_off()
     axis.set_xlabel(f"ε end to end, {preset.unit} level ({preset.trust_model} trust model), δ = 1e-5")
     axis.set_ylabel("final test accuracy (mean ± sd over seeds)")
-    axis.set_title(preset.summary[:90] + ("..." if len(preset.summary) > 90 else ""), fontsize=8)
+    axis.set_title(f"preset {preset.name}: {preset.unit} level, {preset.trust_model} trust model", fontsize=9)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
     figure.tight_layout()
