@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from fedprune.validation import ConfigError, pick
+from fedprune.validation import ConfigError, pick, register_unique
 
 
 @dataclass(frozen=True)
@@ -44,10 +44,7 @@ PRESETS: dict[str, Preset] = {}
 
 def register(preset: Preset) -> Preset:
     """Add ``preset``; a second preset of the same name is refused."""
-    if preset.name in PRESETS:
-        raise ConfigError(f"a preset named {preset.name!r} is already registered")
-    PRESETS[preset.name] = preset
-    return preset
+    return register_unique("preset", PRESETS, preset.name, preset)
 
 
 def get(name: str) -> Preset:

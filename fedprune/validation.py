@@ -22,6 +22,14 @@ def pick(kind: str, name: str, table: Mapping[str, T]) -> T:
         raise ConfigError(f"unknown {kind} {name!r}; valid {kind}s: {valid}") from None
 
 
+def register_unique(kind: str, table: dict[str, T], name: str, item: T) -> T:
+    """Add ``item`` to a registry ``table`` under ``name``; a second item of the same name is refused."""
+    if name in table:
+        raise ConfigError(f"a {kind} named {name!r} is already registered ({type(table[name]).__name__})")
+    table[name] = item
+    return item
+
+
 def finite(name: str, value: float) -> float:
     """Return ``value`` as a float, failing on NaN, infinity or a non-number."""
     try:

@@ -12,12 +12,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_the_population_benchmark_measures_both_sides_at_each_size():
-    out = subprocess.run([sys.executable, "benchmarks/bench_flower_overhead.py", "--rounds", "2", "--clients", "4", "6",
+def test_the_population_benchmark_measures_both_sides():
+    out = subprocess.run([sys.executable, "benchmarks/bench_flower_overhead.py", "--rounds", "2", "--clients", "4",
                           "--examples-per-client", "8", "--json"], cwd=ROOT, capture_output=True, text=True,
                          timeout=600, check=True)
     result = json.loads(out.stdout[out.stdout.index("{"):])
-    assert [r["clients"] for r in result["results"]] == [4, 6]
+    assert [r["clients"] for r in result["results"]] == [4]
     for row in result["results"]:  # the report's shape: the figures themselves are the benchmark's, not asserted
         assert row["train_examples"] == 8 * row["clients"] and row["per_round"] == row["clients"]
         for side in ("plain_fedavg", "fedprune"):

@@ -94,10 +94,10 @@ def test_a_small_run_of_each_preset_states_the_figure_its_trust_model_promises(t
 def test_fedprune_budget_forecasts_a_preset_and_refuses_plan_options(capsys):
     from simulations.cli import main
 
-    assert main(["budget", "--preset", "cross-device", "--set", "num-server-rounds=50", "--set", "prune-start=10",
-                 "--set", "prune-end=30", "--json"]) == 0
+    small = {"num-clients": 200, "num-server-rounds": 50, "prune-start": 10, "prune-end": 30}
+    assert main(["budget", "--preset", "cross-device", *(f"--set={k}={v}" for k, v in small.items()), "--json"]) == 0
     statement = json.loads(capsys.readouterr().out)
-    config = resolve({"preset": "cross-device", "num-server-rounds": 50, "prune-start": 10, "prune-end": 30})
+    config = resolve({"preset": "cross-device", **small})
     assert statement == json.loads(json.dumps({**forecast(config), "noise_multiplier": config.noise_multiplier}))
     client = statement["end_to_end"]["client"]
     assert client["trust_model"] == "central" and 0 < client["epsilon"] < 6.154  # fewer rounds than the preset's
@@ -108,10 +108,11 @@ def test_fedprune_budget_forecasts_a_preset_and_refuses_plan_options(capsys):
 def test_fedprune_budget_finds_the_noise_that_spends_a_budget(capsys):
     from simulations.cli import main
 
-    small = ["--set", "num-server-rounds=20", "--set", "prune-start=10", "--set", "prune-end=20"]
-    assert main(["budget", "--preset", "cross-device", *small, "--epsilon", "4", "--json"]) == 0
+    small = {"num-clients": 100, "num-server-rounds": 20, "prune-start": 10, "prune-end": 20}
+    assert main(["budget", "--preset", "cross-device", *(f"--set={k}={v}" for k, v in small.items()), "--epsilon", "4",
+                 "--json"]) == 0
     found = json.loads(capsys.readouterr().out)
-    config = resolve({"preset": "cross-device", "num-server-rounds": 20, "prune-start": 10, "prune-end": 20})
+    config = resolve({"preset": "cross-device", **small})
     spent = forecast(config.replace(noise_multiplier=found["noise_multiplier"]))["end_to_end"]["client"]["epsilon"]
     assert 4 * 0.99 < spent <= 4  # all of the budget, never more
     assert forecast(config.replace(noise_multiplier=found["noise_multiplier"] * 0.99))["end_to_end"]["client"][

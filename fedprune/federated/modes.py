@@ -20,6 +20,7 @@ from fedprune.federated.coordinator import Coordinator
 from fedprune.federated.local import client_round
 from fedprune.federated.mask_only import MaskOnlyCoordinator, client_round_mask_only
 from fedprune.federated.rounds import RoundPlan
+from fedprune.validation import register_unique
 
 # (config, plan, model, global weights, global masks, examples, *, client, generator, privacy_rng, dp) -> result
 ClientRound = Callable[..., wire.TrainReply]
@@ -42,11 +43,8 @@ MODES: dict[str, Mode] = {}
 
 
 def register(mode: Mode) -> Mode:
-    """Add ``mode`` under its name; a second mode of the same name is refused (ValueError)."""
-    if mode.name in MODES:
-        raise ValueError(f"a mode named {mode.name!r} is already registered")
-    MODES[mode.name] = mode
-    return mode
+    """Add ``mode`` under its name; a second mode of the same name is refused (a ConfigError, a ValueError)."""
+    return register_unique("mode", MODES, mode.name, mode)
 
 
 def get(config: RunConfig) -> Mode:

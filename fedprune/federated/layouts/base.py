@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fedprune.validation import ConfigError
+from fedprune.validation import ConfigError, register_unique
 
 if TYPE_CHECKING:
     from fedprune.config import (
@@ -61,12 +61,8 @@ class Layout:
 
 
 def register(layout: Layout) -> Layout:
-    """Add ``layout`` under its name; a second layout of the same name is refused (ValueError)."""
-    if layout.name in LAYOUTS:
-        raise ValueError(f"a vote layout named {layout.name!r} is already registered "
-                         f"({type(LAYOUTS[layout.name]).__name__})")
-    LAYOUTS[layout.name] = layout
-    return layout
+    """Add ``layout`` under its name; a second layout of the same name is refused (a ConfigError, a ValueError)."""
+    return register_unique("vote layout", LAYOUTS, layout.name, layout)
 
 
 def layout_for(config: RunConfig) -> Layout:
