@@ -82,16 +82,14 @@ def audit_pipeline(config: RunConfig, *, trials: int = 1000, canary: int = 0, no
     state = {name: value.detach().numpy() for name, value in model.state_dict().items()}
     shapes, prunable = {n: v.shape for n, v in state.items()}, list(prunable_parameters(model))
 
-    def fresh(seed: int) -> FedPrune:
-        coordinator = coordinator_class(config.replace(privacy_seed=seed), shapes, prunable)
+    def fresh(seed: int, **changes) -> FedPrune:
+        coordinator = coordinator_class(config.replace(privacy_seed=seed, **changes), shapes, prunable)
         return FedPrune(coordinator, fraction_train=1.0, min_train_nodes=config.num_clients,
                         min_available_nodes=config.num_clients)
 
     # every client's reply, sampled or not: under Poisson sampling each trial picks its own participants below
     # (client-sampling and fraction-train are the server's alone: the clients' requests are the same)
-    everyone = coordinator_class(config.replace(client_sampling="fixed", fraction_train=1.0), shapes, prunable)
-    strategy = FedPrune(everyone, fraction_train=1.0, min_train_nodes=config.num_clients,
-                        min_available_nodes=config.num_clients)
+    strategy = fresh(noise_seed, client_sampling="fixed", fraction_train=1.0)
     sent_record = to_record(strategy.coordinator.compact(state))
     nodes = _Nodes(config.num_clients)
     messages = list(strategy.configure_train(1, sent_record, ConfigRecord(), nodes))

@@ -37,10 +37,10 @@ def cells(name: str, budgets: list[float], seeds: list[int]) -> list[tuple[str, 
     return out
 
 
-def command(name: str, settings: dict, folder: Path) -> list[str]:
+def command(name: str, settings: dict) -> list[str]:
+    """The cell's `fedprune run` (its folder and --quiet are added where it runs)."""
     sets = [arg for key, value in settings.items() if key != "seed" for arg in ("--set", f"{key}={value}")]
-    return ["fedprune", "run", "--preset", name, "--seed", str(settings["seed"]), *sets, "--set", "privacy-seed=0",
-            "--name", folder.name, "--out", str(folder.parent), "--quiet"]
+    return ["fedprune", "run", "--preset", name, "--seed", str(settings["seed"]), *sets, "--set", "privacy-seed=0"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,12 +55,13 @@ def main(argv: list[str] | None = None) -> int:
     for label, settings in cells(args.preset, [float(b) for b in args.budgets.split(",")],
                                  [int(s) for s in args.seeds.split(",")]):
         folder = out / f"{args.preset}-{label.replace(' ', '').replace(',', '-')}-seed{settings['seed']}"
-        argv_ = command(args.preset, settings, folder)
+        shown = command(args.preset, settings)
         if not (folder / "summary.json").exists():
+            argv_ = [*shown, "--name", folder.name, "--out", str(folder.parent), "--quiet"]
             print("$", shlex.join(argv_), flush=True)
             subprocess.run(argv_, check=True)
         summary = json.loads((folder / "summary.json").read_text())
-        rows.append({"label": label, "command": shlex.join(argv_[:-5]), "seed": settings["seed"],
+        rows.append({"label": label, "command": shlex.join(shown), "seed": settings["seed"],
                      "accuracy": summary["final_accuracy"], "density": summary["density"],
                      "epsilon": summary["epsilon"][preset.unit], "seconds": summary["wall_seconds"],
                      "trust_model": summary["privacy"]["end_to_end"][preset.unit]["trust_model"]})

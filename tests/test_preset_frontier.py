@@ -23,7 +23,7 @@ def test_the_table_states_mean_sd_per_seed_and_the_figure(tmp_path):
     assert Path(tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_each_cell_is_a_valid_fedprune_run(tmp_path):
-    argv = command("cross-device", {**presets.get("cross-device").non_private("dense"), "seed": 1}, tmp_path / "x")
+def test_each_cell_is_a_valid_fedprune_run():
+    argv = command("cross-device", {**presets.get("cross-device").non_private("dense"), "seed": 1})
     config = config_from_args(build_parser(argv[1:]).parse_args(argv[1:]))
     assert (config.method, config.weight_channel, config.seed, config.num_clients) == ("dense", "clear", 1, 1000)

@@ -38,11 +38,11 @@ def dpsgd_history(config: RunConfig, client: int) -> dict | None:
 def forecast(config: RunConfig) -> dict:
     """summary.json's ``privacy`` statement for a whole run of ``config``, computed before it runs."""
     model = new_model(config)
-    shapes = {name: tuple(value.shape) for name, value in model.state_dict().items()}
+    state = {name: value.detach().numpy() for name, value in model.state_dict().items()}
+    shapes = {name: value.shape for name, value in state.items()}
     coordinator = modes.get(config).coordinator(config, shapes, list(prunable_parameters(model)))
     clients = [str(client) for client in range(config.num_clients)]
     histories = {client: dpsgd_history(config, int(client)) for client in clients}
-    state = {name: value.detach().numpy() for name, value in model.state_dict().items()}
     for round in range(1, config.num_server_rounds + 1):
         plan = coordinator.plan(round)
         if coordinator.poisson:
