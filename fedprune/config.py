@@ -64,6 +64,9 @@ class RunConfig:
     min_replies: int = 2  # well-formed replies a round needs, else the run fails naming the rejections
     # --- local training ---
     local_epochs: int = AUTO  # epochs per round on a client; the mode's: 4; mask-only 8
+    # 0: local-epochs decide; k > 0: exactly k optimizer steps a round instead (DP-SGD: k Poisson batches, each
+    # accounted), which keeps a round's work fixed when a client holds more records (default mode only)
+    local_steps: int = 0
     batch_size: int = 32  # local minibatch size
     learning_rate: float = AUTO  # local learning rate; the mode's: 0.05; mask-only 0.2
     optimizer: str = AUTO  # local optimizer (sgd, adam); the mode's: sgd; mask-only adam
@@ -163,6 +166,8 @@ class RunConfig:
             raise ConfigError(f"server-momentum must be in [0, 1), got {self.server_momentum}")
         if finite("budget-epsilon", self.budget_epsilon) < 0:
             raise ConfigError(f"budget-epsilon must be >= 0 (0: no budget), got {self.budget_epsilon}")
+        if isinstance(self.local_steps, bool) or not isinstance(self.local_steps, int) or self.local_steps < 0:
+            raise ConfigError(f"local-steps must be an integer >= 0 (0: local-epochs decide), got {self.local_steps!r}")
         if self.examples_per_client < 0:
             raise ConfigError(f"examples-per-client must be >= 0 (0: the dataset as published), got "
                               f"{self.examples_per_client}")

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 # dense baseline.
 MASK_ONLY_REQUIRES = {"method": "votes", "mechanism": "randomized-response", "weight_channel": "clear",
                       "structure": "unstructured", "dense_baseline": False, "server_learning_rate": 1.0,
-                      "server_momentum": 0.0}
+                      "server_momentum": 0.0, "local_steps": 0}
 
 
 def check_names(config: RunConfig) -> None:

@@ -4,7 +4,8 @@ For each budget the noise multiplier that spends it (``fedprune budget --preset 
 searched on the run's own ledger, then ``fedprune run --preset P --set noise-multiplier=Z --seed S``
 runs; beside them, on the same population and local training, dense non-private FedAvg and the
 preset's pruning without privacy. Writes ``OUT/results.json``, ``OUT/frontier-PRESET.png`` and
-``OUT/frontier-PRESET.md`` (a table, each row with its command). Runs already finished are reused.
+``OUT/frontier-PRESET.md`` (a table, each row with its command). Runs already finished with the same
+settings are reused; a folder holding a run of other settings stops the script before it runs anything more.
 """
 
 from __future__ import annotations
@@ -43,6 +44,24 @@ def command(name: str, settings: dict) -> list[str]:
     return ["fedprune", "run", "--preset", name, "--seed", str(settings["seed"]), *sets, "--set", "privacy-seed=0"]
 
 
+def reusable(folder: Path, shown: list[str]) -> bool:
+    """Whether ``folder`` holds a finished run of ``shown``; SystemExit if it holds a run of other settings."""
+    from simulations.cli import build_parser
+    from simulations.run import config_from_args
+
+    if not (folder / "summary.json").exists():
+        return False
+    where = {"run-name", "output-dir"}
+    wanted = config_from_args(build_parser(shown[1:]).parse_args(shown[1:])).to_mapping()
+    wanted = {key: value for key, value in json.loads(json.dumps(wanted)).items() if key not in where}
+    stored = {key: value for key, value in json.loads((folder / "config.json").read_text()).items() if key not in where}
+    differ = sorted(key for key in wanted.keys() | stored.keys() if wanted.get(key) != stored.get(key))
+    if differ:
+        raise SystemExit(f"{folder} holds a run of other settings ({', '.join(differ)} differ from "
+                         f"`{shlex.join(shown)}`): move it away or give another --out")
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m simulations.preset_frontier", description=__doc__)
     parser.add_argument("preset", choices=[p for p, preset in presets.PRESETS.items() if preset.settings])
@@ -51,12 +70,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/frontier")
     args = parser.parse_args(argv)
     preset, out = presets.get(args.preset), Path(args.out)
+    runs = [(label, settings, command(args.preset, settings),
+             out / f"{args.preset}-{label.replace(' ', '').replace(',', '-')}-seed{settings['seed']}")
+            for label, settings in cells(args.preset, [float(b) for b in args.budgets.split(",")],
+                                         [int(s) for s in args.seeds.split(",")])]
+    done = [reusable(folder, shown) for _, _, shown, folder in runs]  # every folder checked before any run
     rows = []
-    for label, settings in cells(args.preset, [float(b) for b in args.budgets.split(",")],
-                                 [int(s) for s in args.seeds.split(",")]):
-        folder = out / f"{args.preset}-{label.replace(' ', '').replace(',', '-')}-seed{settings['seed']}"
-        shown = command(args.preset, settings)
-        if not (folder / "summary.json").exists():
+    for (label, settings, shown, folder), finished in zip(runs, done):
+        if not finished:
             argv_ = [*shown, "--name", folder.name, "--out", str(folder.parent), "--quiet"]
             print("$", shlex.join(argv_), flush=True)
             subprocess.run(argv_, check=True)

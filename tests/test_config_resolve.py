@@ -30,6 +30,7 @@ BAD = {
     "client_sampling": ("random", "valid client-samplings: fixed, poisson"),
     "min_replies": (0, "must be an integer >= 1"),
     "local_epochs": (2.5, "must be an integer"),
+    "local_steps": (-1, r"must be an integer >= 0 \(0: local-epochs decide\)"),
     "batch_size": (-1, "must be an integer >= 1"),
     "learning_rate": (0, "must be > 0"),
     "optimizer": ("adamw", "valid optimizers: adam, auto"),

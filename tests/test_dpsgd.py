@@ -31,10 +31,10 @@ def model(seed=0):
     return build_model("mlp", (20,), 4, seed=seed, hidden=(16,))
 
 
-def train_dp(net, dp, n=200, batch=20, epochs=1, seed=0):
+def train_dp(net, dp, n=200, batch=20, epochs=1, seed=0, steps=0):
     x, y = problem(n)
     loader = make_loader(x, y, batch, shuffle=True, generator=torch.Generator().manual_seed(seed))
-    return train(net, loader, TrainConfig(epochs=epochs, batch_size=batch), dp=dp,
+    return train(net, loader, TrainConfig(epochs=epochs, steps=steps, batch_size=batch), dp=dp,
                  generator=torch.Generator().manual_seed(seed + 1))
 
 
@@ -81,6 +81,15 @@ def test_no_steps_cost_nothing_and_delta_is_checked():
     for delta in (0.0, 1.0, math.nan):
         with pytest.raises(ConfigError):
             dp.epsilon(delta)
+
+
+@pytest.mark.parametrize("steps", [3, 10, 23])
+def test_a_step_count_takes_and_charges_exactly_those_poisson_batches(steps):
+    # 10 batches an epoch: 3 stops inside the first pass, 23 crosses two epoch boundaries
+    dp = DPSGD(1.1, 1.0)
+    result = train_dp(model(), dp, epochs=5, steps=steps)
+    assert result["steps"] == dp.steps == steps
+    assert dp.history == [(1.1, 0.1, steps)]
 
 
 # --- one accountant across calls -----------------------------------------------------------------

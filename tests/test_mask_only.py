@@ -84,7 +84,8 @@ def test_mode_defaults_apply_only_to_settings_not_given():
 
 
 @pytest.mark.parametrize("change", [{"mechanism": "subset"}, {"weight-channel": "dpsgd"}, {"method": "dense"},
-                                    {"structure": "units"}, {"dense-baseline": True}, {"target-sparsity": 0.0}])
+                                    {"structure": "units"}, {"dense-baseline": True}, {"target-sparsity": 0.0},
+                                    {"local-steps": 4}, {"server-momentum": 0.9}])
 def test_settings_mask_only_cannot_honour_fail_before_any_work(change):
     with pytest.raises(ConfigError, match="mask-only"):
         resolve({"mode": "mask-only", **change})

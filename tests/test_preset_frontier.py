@@ -1,10 +1,13 @@
 """The preset frontier's table and plot from finished runs, and the commands it runs (each a valid `fedprune run`)."""
 
+import json
 from pathlib import Path
+
+import pytest
 
 from fedprune import presets
 from simulations.cli import build_parser
-from simulations.preset_frontier import command, plot, table
+from simulations.preset_frontier import command, plot, reusable, table
 from simulations.run import config_from_args
 
 
@@ -27,3 +30,17 @@ def test_each_cell_is_a_valid_fedprune_run():
     argv = command("cross-device", {**presets.get("cross-device").non_private("dense"), "seed": 1})
     config = config_from_args(build_parser(argv[1:]).parse_args(argv[1:]))
     assert (config.method, config.weight_channel, config.seed, config.num_clients) == ("dense", "clear", 1, 1000)
+
+
+def test_a_finished_run_is_reused_only_when_its_settings_are_the_cells(tmp_path):
+    shown = command("cross-silo", {"noise-multiplier": 1.5, "seed": 0})
+    folder = tmp_path / "cell"
+    assert not reusable(folder, shown)  # nothing there: run it
+    config = config_from_args(build_parser(shown[1:]).parse_args(shown[1:]))
+    folder.mkdir()
+    (folder / "summary.json").write_text("{}")
+    (folder / "config.json").write_text(json.dumps({**config.to_mapping(), "run-name": "cell"}))
+    assert reusable(folder, shown)
+    (folder / "config.json").write_text(json.dumps({**config.to_mapping(), "noise-multiplier": 2.669}))
+    with pytest.raises(SystemExit, match="holds a run of other settings \\(noise-multiplier differ"):
+        reusable(folder, shown)

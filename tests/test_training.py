@@ -229,6 +229,16 @@ def test_train_reports_example_weighted_mean_loss_and_counts():
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_a_step_count_overrides_epochs_and_cycles_the_loader():
+    x, y = random_problem(n=23)  # batches of 10, 10, 3
+    model = build_model("mlp", (20,), 4, seed=0, hidden=(8,))
+    loader = make_loader(x, y, 10, shuffle=False)
+    result = train(model, loader, TrainConfig(epochs=9, steps=5, learning_rate=1e-12, momentum=0.0))
+    assert result["steps"] == 5 and result["examples"] == 10 + 10 + 3 + 10 + 10
+    with pytest.raises(ConfigError, match="at least one batch"):
+        train(model, [], TrainConfig(steps=1))
+
+
 def test_training_is_reproducible_and_leaves_global_rng_alone():
     x, y = random_problem()
     state = torch.random.get_rng_state()
@@ -278,7 +288,8 @@ def test_unknown_optimizer_lists_the_valid_ones():
 
 @pytest.mark.parametrize("settings", [{"epochs": 0}, {"learning_rate": 0.0}, {"learning_rate": math.nan},
                                       {"momentum": 1.0}, {"momentum": -0.1}, {"weight_decay": -1e-4},
-                                      {"batch_size": 0}, {"epochs": 1.5}])
+                                      {"batch_size": 0}, {"epochs": 1.5}, {"steps": -1}, {"steps": 2.0},
+                                      {"steps": True}])
 def test_bad_train_settings_fail(settings):
     with pytest.raises(ConfigError):
         TrainConfig(**settings)

@@ -31,7 +31,8 @@ def dpsgd_history(config: RunConfig, client: int) -> dict | None:
 
     x, y = client_data(config, client, config.num_clients)
     loader = make_loader(x, y, config.batch_size, shuffle=True, generator=torch.Generator())
-    steps = config.local_epochs * len(DPDataLoader.from_data_loader(loader, generator=torch.Generator()))
+    steps = config.local_steps or config.local_epochs * len(DPDataLoader.from_data_loader(
+        loader, generator=torch.Generator()))
     return {"history": [(config.noise_multiplier, 1 / len(loader), steps)]}
 
 

@@ -28,8 +28,9 @@ from fedprune.validation import ConfigError
 
 
 def train_config(config: RunConfig) -> TrainConfig:
-    return TrainConfig(epochs=config.local_epochs, learning_rate=config.learning_rate, optimizer=config.optimizer,
-                       momentum=config.momentum, weight_decay=config.weight_decay, batch_size=config.batch_size)
+    return TrainConfig(epochs=config.local_epochs, steps=config.local_steps, learning_rate=config.learning_rate,
+                       optimizer=config.optimizer, momentum=config.momentum, weight_decay=config.weight_decay,
+                       batch_size=config.batch_size)
 
 
 def run_dataset(config: RunConfig):

@@ -40,10 +40,12 @@ class TrainConfig:
     """Local training settings: a plain dataclass of scalars (``dataclasses.asdict`` gives JSON).
 
     ``batch_size`` is for callers that build the loader; ``train`` uses the loader it is given.
-    ``momentum`` applies to SGD only.
+    ``momentum`` applies to SGD only. ``steps`` > 0 replaces ``epochs``: exactly that many
+    optimizer steps, passing over the loader as often as they need (0: ``epochs`` passes).
     """
 
     epochs: int = 1
+    steps: int = 0
     learning_rate: float = 0.05
     optimizer: str = "sgd"
     momentum: float = 0.9
@@ -52,6 +54,8 @@ class TrainConfig:
 
     def __post_init__(self):
         positive_int("epochs", self.epochs)
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
+            raise ConfigError(f"steps must be an integer >= 0 (0: epochs decide), got {self.steps!r}")
         positive("learning rate", self.learning_rate)
         pick("optimizer", self.optimizer, OPTIMIZERS)
         if not 0.0 <= finite("momentum", self.momentum) < 1.0:
@@ -194,24 +198,41 @@ def train(model: nn.Module, loader, config: TrainConfig, *, masks: Mapping[str, 
             if enforcer is not None:
                 enforcer.attach(step_optimizer)
             model.train()
-            for _ in range(config.epochs):
-                for x, y in batches:
-                    x, y = x.to(device), y.to(device)
-                    step_optimizer.zero_grad(set_to_none=True)
-                    output = forward(x)
-                    # An empty Poisson batch still takes its (noise-only) step; its loss is 0.
-                    loss = F.cross_entropy(output, y) if len(y) else output.sum() * 0.0
-                    loss.backward()
-                    if enforcer is not None:
-                        enforcer.mask_gradients()
-                    step_optimizer.step()
-                    total_loss += float(loss.detach()) * len(y)
-                    examples += len(y)
-                    steps += 1
+            for x, y in _batches(batches, config):
+                x, y = x.to(device), y.to(device)
+                step_optimizer.zero_grad(set_to_none=True)
+                output = forward(x)
+                # An empty Poisson batch still takes its (noise-only) step; its loss is 0.
+                loss = F.cross_entropy(output, y) if len(y) else output.sum() * 0.0
+                loss.backward()
+                if enforcer is not None:
+                    enforcer.mask_gradients()
+                step_optimizer.step()
+                total_loss += float(loss.detach()) * len(y)
+                examples += len(y)
+                steps += 1
     finally:
         optimizer.zero_grad(set_to_none=True)
         model.train(was_training)
     return {"loss": total_loss / examples if examples else math.nan, "examples": examples, "steps": steps}
+
+
+def _batches(loader, config: TrainConfig) -> Iterator:
+    """``config.epochs`` passes over ``loader``, or exactly ``config.steps`` batches when set."""
+    if not config.steps:
+        for _ in range(config.epochs):
+            yield from loader
+        return
+    taken = 0
+    while True:
+        before = taken
+        for batch in loader:
+            yield batch
+            taken += 1
+            if taken == config.steps:
+                return
+        if taken == before:
+            raise ConfigError("steps > 0 needs a loader with at least one batch")
 
 
 @torch.no_grad()
