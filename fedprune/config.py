@@ -18,7 +18,7 @@ from functools import cached_property
 
 from fedprune import config_checks, presets
 from fedprune.pruning.schedules import Constant, Geometric, OneShot, Polynomial, Schedule
-from fedprune.validation import ConfigError, finite, pick, positive, positive_int, probability, sparsity
+from fedprune.validation import ConfigError, count_or_zero, finite, pick, positive, positive_int, probability, sparsity
 
 METHODS = {
     "votes": "clients report their masks; the server debiases the votes into the global mask",
@@ -166,8 +166,7 @@ class RunConfig:
             raise ConfigError(f"server-momentum must be in [0, 1), got {self.server_momentum}")
         if finite("budget-epsilon", self.budget_epsilon) < 0:
             raise ConfigError(f"budget-epsilon must be >= 0 (0: no budget), got {self.budget_epsilon}")
-        if isinstance(self.local_steps, bool) or not isinstance(self.local_steps, int) or self.local_steps < 0:
-            raise ConfigError(f"local-steps must be an integer >= 0 (0: local-epochs decide), got {self.local_steps!r}")
+        count_or_zero("local-steps", self.local_steps, "local-epochs decide")
         if self.examples_per_client < 0:
             raise ConfigError(f"examples-per-client must be >= 0 (0: the dataset as published), got "
                               f"{self.examples_per_client}")

@@ -73,3 +73,10 @@ def positive_int(name: str, value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int,)) or value < 1:
         raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
     return int(value)
+
+
+def count_or_zero(name: str, value: int, zero: str) -> int:
+    """Return an integer >= 0; ``zero`` says what 0 means, for the error."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{name} must be an integer >= 0 (0: {zero}), got {value!r}")
+    return int(value)

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from fedprune.pruning.masks import check_masks, prunable_parameters
 from fedprune.pruning.scorers import estimate_fisher
 from fedprune.training.dpsgd import DPSGD
-from fedprune.validation import ConfigError, finite, pick, positive, positive_int
+from fedprune.validation import ConfigError, count_or_zero, finite, pick, positive, positive_int
 
 OPTIMIZERS = {
     "sgd": "SGD with heavy-ball momentum (``momentum``) and L2 weight decay",
@@ -54,8 +54,7 @@ class TrainConfig:
 
     def __post_init__(self):
         positive_int("epochs", self.epochs)
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
-            raise ConfigError(f"steps must be an integer >= 0 (0: epochs decide), got {self.steps!r}")
+        count_or_zero("steps", self.steps, "epochs decide")
         positive("learning rate", self.learning_rate)
         pick("optimizer", self.optimizer, OPTIMIZERS)
         if not 0.0 <= finite("momentum", self.momentum) < 1.0:
