@@ -25,6 +25,7 @@ step is coarsened only to keep the grid under MAX_SUPPORT points (see ``_interva
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 
@@ -104,14 +105,20 @@ def compose(ledger: Mapping[tuple, int]):
     if shift:
         pieces.append(pld_lib.from_gaussian_mechanism(1.0, sensitivity=shift, value_discretization_interval=step))
     for sigma, rate, s, n in sampled:
-        single = pld_lib.from_gaussian_mechanism(sigma, sensitivity=s / 2, sampling_prob=rate,
-                                                 value_discretization_interval=step,
-                                                 neighboring_relation=NeighborRel.REPLACE_ONE)
-        pieces.append(single.self_compose(n))
+        pieces.append(_sampled_gaussian(sigma, rate, s, step).self_compose(n))
     total = pieces[0]
     for piece in pieces[1:]:
         total = total.compose(piece)
     return total
+
+
+@functools.lru_cache(maxsize=32)
+def _sampled_gaussian(sigma: float, rate: float, sensitivity: float, step: float):
+    """One replace-one Poisson-sampled Gaussian's PLD, built once per setting: every round of a run adds the same
+    release, and building it is most of the time a round's figure takes (PLDs are never modified in place)."""
+    return pld_lib.from_gaussian_mechanism(sigma, sensitivity=sensitivity / 2, sampling_prob=rate,
+                                           value_discretization_interval=step,
+                                           neighboring_relation=NeighborRel.REPLACE_ONE)
 
 
 def _lattice_pld(e0: float, start: int, masses: np.ndarray, infinite: float, step: float):
