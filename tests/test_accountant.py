@@ -171,6 +171,19 @@ def test_one_sampled_gaussian_against_numerical_integration(sigma, rate):
     assert add_remove < accountant.epsilon(DELTA, "client") < one_client((Gaussian(sigma), 1)).epsilon(DELTA, "client")
 
 
+def test_a_run_of_rounds_reads_the_same_figures_as_each_round_built_afresh():
+    # the single sampled release's PLD is built once and reused by every later round's composition
+    from fedprune.privacy import composition
+
+    growing = Accountant()
+    for round in range(1, 6):
+        growing.record(Gaussian(0.8, 1 / 32, count=8), units=["record"], clients=["a"])
+        figure = growing.epsilon(DELTA, "record")
+        composition._sampled_gaussian.cache_clear()
+        assert figure == one_client((Gaussian(0.8, 1 / 32, count=8 * round), 1)).epsilon(DELTA, "client")
+    assert composition._sampled_gaussian.cache_info().currsize == 1
+
+
 # --- Renyi DP cross-check ---------------------------------------------------------------------------
 
 def test_rdp_cross_check_is_never_below_the_pld_figure():
