@@ -141,6 +141,29 @@ def test_make_loader_order_follows_the_generator_seed():
     assert np.shares_memory(unshuffled.dataset.tensors[0].numpy(), x)  # shared, not copied
 
 
+@pytest.mark.parametrize("examples, batch", [(100, 32), (3, 1)])
+def test_make_loader_batches_are_torchs_own_also_under_opacus_poisson_sampling(examples, batch):
+    # a batch is gathered with one index per tensor: the same batches as TensorDataset's example-by-example
+    # stacking, shuffled, unshuffled and as Opacus's Poisson batches (3 records at rate 1/3: empty ones too)
+    from opacus.data_loader import DPDataLoader
+    from torch.utils.data import DataLoader, TensorDataset
+
+    x, y = np.random.default_rng(0).normal(size=(examples, 1, 4)).astype(np.float32), np.arange(examples) % 10
+    reference = TensorDataset(torch.as_tensor(x), torch.as_tensor(y))
+    pairs = [(make_loader(x, y, batch, shuffle=True, generator=torch.Generator().manual_seed(5)),
+              DataLoader(reference, batch_size=batch, shuffle=True, generator=torch.Generator().manual_seed(5)))]
+    pairs += [(DPDataLoader.from_data_loader(make_loader(x, y, batch, shuffle=False), generator=torch.Generator()
+                                             .manual_seed(1)),
+               DPDataLoader.from_data_loader(DataLoader(reference, batch_size=batch), generator=torch.Generator()
+                                             .manual_seed(1)))]
+    for ours, torchs in pairs:
+        got, want = [b for _ in range(10) for b in ours], [b for _ in range(10) for b in torchs]
+        assert len(got) == len(want) and all(
+            a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b) for g, w in zip(got, want)
+            for a, b in zip(g, w))
+    assert examples > 3 or any(len(b[1]) == 0 for b in got)  # the empty Poisson batches were compared too
+
+
 def test_make_loader_leaves_torch_global_rng_alone():
     x, y = np.zeros((20, 2), np.float32), np.arange(20)
     before = torch.random.get_rng_state()
