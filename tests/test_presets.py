@@ -52,7 +52,7 @@ def cli(*argv: str) -> RunConfig:
 
 def test_fedprune_run_starts_from_the_main_preset_unless_told_otherwise():
     assert cli() == resolve({"preset": presets.MAIN})
-    assert cli("--rounds", "30") == resolve({"preset": presets.MAIN, "num-server-rounds": 30})
+    assert cli("--rounds", "60") == resolve({"preset": presets.MAIN, "num-server-rounds": 60})
     assert cli("--preset", "none") == RunConfig()
     assert cli("--preset", "cross-device") == resolve({"preset": "cross-device"})
     assert cli("--mode", "mask-only") == resolve({"mode": "mask-only"})  # another mode: no preset
