@@ -70,20 +70,24 @@ def check_federated(config: RunConfig) -> None:
 
 
 def check_poisson(config: RunConfig) -> None:
-    """Poisson client sampling is accounted (amplified) only where every release comes from DP-FedAvg's noised sum.
+    """Poisson client sampling is accounted (amplified) only where every release comes from sums the server noises.
 
     The amplification holds against whoever sees the released model and mask, who must not learn who
-    took part: a mask report or DP-SGD release of a sampled client, or a second release from the same
-    sample, would tell them (two Gaussians on one sample are not two independently sampled ones).
+    took part: a local mask report or DP-SGD release of a sampled client would tell them. Central votes are
+    noised on their sum, as the weights are; the two sums of one sample are charged as one sampled Gaussian.
     """
     if config.weight_channel not in ("server-clipping", "client-clipping"):
         raise ConfigError(f"client-sampling poisson amplifies DP-FedAvg's client-level figure; weight-channel "
                           f"{config.weight_channel} has none to amplify: use weight-channel server-clipping or "
                           "client-clipping, or client-sampling fixed")
-    if config.method == "votes":
+    from fedprune.privacy.mechanisms import mechanism_class  # imported here, as in check_names
+
+    if config.method == "votes" and mechanism_class(config).name != "central":
         raise ConfigError("client-sampling poisson is accounted only where the mask comes from the noised average "
-                          "(method server-magnitude) or there is none (method dense): mask votes of the sampled "
-                          "clients would reveal who took part; use method server-magnitude, or client-sampling fixed")
+                          "(method server-magnitude), from votes noised on their sum by the same trusted server "
+                          "(mechanism central) or there is none (method dense): local mask reports of the sampled "
+                          "clients would reveal who took part; use method server-magnitude, mechanism central, "
+                          "or client-sampling fixed")
     if not config.fraction_train < 1:
         raise ConfigError("client-sampling poisson samples each client with probability fraction-train: set "
                           "fraction-train below 1 (100 of 1,000 clients a round: 0.1)")

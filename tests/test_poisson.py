@@ -30,7 +30,7 @@ def poisson_config(**changes) -> RunConfig:
 @pytest.mark.parametrize("changes, fix", [
     ({"weight_channel": "clear"}, "weight-channel clear has none to amplify"),
     ({"weight_channel": "dpsgd", "unit": "record"}, "weight-channel dpsgd has none to amplify"),
-    ({"method": "votes"}, "mask votes of the sampled clients would reveal who took part"),
+    ({"method": "votes"}, "local mask reports of the sampled clients would reveal who took part"),
     ({"fraction_train": 1.0}, "set fraction-train below 1"),
 ])
 def test_amplification_is_refused_where_the_trust_model_does_not_allow_it(changes, fix):

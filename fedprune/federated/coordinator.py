@@ -39,7 +39,7 @@ from fedprune.federated.rounds import (
     plan_round,
     server_scores,
 )
-from fedprune.privacy import weight_channel
+from fedprune.privacy import events, weight_channel
 from fedprune.privacy.accountant import Accountant
 from fedprune.privacy.mechanisms import MaskReport, Mechanism
 from fedprune.privacy.rng import privacy_rng
@@ -193,7 +193,11 @@ class Coordinator:
 
         None depends on how many clients reply: weight noise is scaled to the sum, vote noise too.
         """
-        return mask_events(self.config, plan, self._round_mechanism(plan)) + self.weight_channel.events(dpsgd)
+        mask = mask_events(self.config, plan, self._round_mechanism(plan))
+        weights = self.weight_channel.events(dpsgd)
+        if self.poisson and mask:  # central votes: the round's vote and weight sums come from one secret sample
+            return [(events.joint([event for event, _ in mask + weights]), UNITS)]
+        return mask + weights
 
     def record(self, plan: RoundPlan, clients: list[str], dpsgd=None) -> None:
         for event, units in self.round_events(plan, dpsgd):

@@ -8,6 +8,7 @@ records it under each unit it protects and marks the others as unprotected.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Union
 
@@ -93,6 +94,24 @@ class PostProcessing:
 
 
 Event = Union[BernoulliPair, Gaussian, Unprotected, PostProcessing]
+
+
+def joint(parts: Sequence[Gaussian]) -> Gaussian:
+    """One Gaussian for sums noised on one draw of contributors (a Poisson round's weight and vote sums).
+
+    Each sum divided by its own noise std is a sum of unit-noise Gaussians; a contribution lies within
+    sensitivity/2 / noise_multiplier of its absence in each, so within the root of their squares in all
+    together, which makes them one Gaussian of noise multiplier 1 / that root (sensitivity 2): the mechanism
+    itself, not a bound. Composed as separately sampled releases they are misstated, and understated at small
+    rates (one secret sample hides a client from both at once, not from each independently).
+    """
+    if not parts or any(not isinstance(p, Gaussian) or p.count != 1 for p in parts):
+        raise ConfigError("joint takes one or more single Gaussian releases")
+    rates = {p.sampling_rate for p in parts}
+    if len(rates) != 1:
+        raise ConfigError(f"joint releases come from one sample: sampling rates differ ({sorted(rates)})")
+    radius = math.sqrt(math.fsum((p.sensitivity / 2 / p.noise_multiplier) ** 2 for p in parts))
+    return Gaussian(noise_multiplier=1.0 / radius, sampling_rate=rates.pop(), sensitivity=2.0)
 
 
 def randomized_response(epsilon: float, count: int = 1) -> BernoulliPair:

@@ -78,7 +78,8 @@ def sampling(config: RunConfig, channel: WeightChannel | None) -> dict:
                 "meaning": "the figures charge each client the rounds it took part in; no amplification is counted"}
     return {"scheme": "poisson", "rate": channel.sampling_rate, "amplified": True,
             "meaning": f"each client took part in a round with probability {channel.sampling_rate:g}, drawn secretly "
-                       "by the server; every round is charged to every client as a Poisson-sampled Gaussian, which "
+                       "by the server; every round is charged to every client as one Poisson-sampled Gaussian (a "
+                       "pruning round's weight and central vote sums together), which "
                        "holds against recipients of the released model and mask (they do not learn who took part; "
                        "the run folder's logs of replies and rejections are the trusted server's own records)"}
 

@@ -75,7 +75,8 @@ class NoisedMean:
     """DP-FedAvg on the server: clip, sum with equal weights, add N(0, (zC)^2), divide by the reply count.
 
     With ``sampling_rate`` q < 1 (Poisson client sampling over ``population`` N clients) the sum is divided
-    by q N and every round is charged to every client as a Poisson-sampled Gaussian.
+    by q N and every round is charged to every client as a Poisson-sampled Gaussian (with the round's central
+    mask votes, if any, as one: ``fedprune.privacy.events.joint``).
     """
 
     name: str

@@ -120,7 +120,7 @@ class VoteTally:
 
     ``sums``: per coordinate, the number of reports that said "keep" (int64), or the noisy sum
     of exact votes (float64, central). ``reported``: per coordinate, how many reports covered it
-    (coordinate sampling only).
+    (coordinate sampling only). ``n`` is 0 only for central votes of a Poisson round that sampled nobody.
     """
 
     mechanism: str
@@ -130,8 +130,9 @@ class VoteTally:
     reported: np.ndarray | None = field(default=None)
 
     def __post_init__(self):
-        if isinstance(self.n, bool) or not isinstance(self.n, numbers.Integral) or self.n < 1:
-            raise ConfigError(f"a tally needs n >= 1 reports, got {self.n!r}")
+        least = 0 if self.sums.dtype.kind == "f" else 1
+        if isinstance(self.n, bool) or not isinstance(self.n, numbers.Integral) or self.n < least:
+            raise ConfigError(f"a tally needs n >= 1 reports (0 only for noisy central sums), got {self.n!r}")
         for name in ("sums", "reported"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, np.ndarray) or value.shape != (self.length,)):

@@ -8,7 +8,15 @@ noisy_sum / n is unbiased with variance Delta sigma^2 / n^2, far below any local
 under a much stronger trust assumption: whoever sees a client's report sees its mask exactly.
 
 Figures at a delta: per report, the analytic Gaussian mechanism (Balle & Wang 2018) at sigma
-and sensitivity 1; per decision (one bit), the same at sigma sqrt(Delta). sigma comes from
+and sensitivity 1; per decision (one bit), the same at sigma sqrt(Delta).
+
+Under secret Poisson client sampling (rate q over N clients, ``client-sampling poisson``) a report
+must also lie within a known distance of its absence: a mask keeping exactly ``kept`` coordinates is
+sqrt(kept) from the zero vector, so the round's vote sums are a Poisson-sampled Gaussian of noise
+multiplier sigma sqrt(Delta / kept) at sensitivity 2 (replace-one: -+sqrt(kept)), and the sums are
+divided by the expected count q N, not the realised one. A report keeping any other count is refused.
+The weight sums of the same round come from the same sample: the coordinator charges both as one
+sampled Gaussian (``fedprune.privacy.events.joint``). sigma comes from
 ``noise_multiplier`` or from a target per-report (epsilon, delta). The noise is numpy's
 float64 Gaussian; like most DP libraries, the figures assume ideal real-valued noise.
 """
@@ -25,7 +33,7 @@ from fedprune.privacy.mechanisms.base import (MaskReport, Mechanism, VoteTally, 
 from fedprune.privacy.mechanisms.packed import count_ones
 from fedprune.privacy.mechanisms.registry import register
 from fedprune.privacy.rng import check_generator
-from fedprune.validation import ConfigError, positive, probability
+from fedprune.validation import ConfigError, positive, positive_int, probability
 
 
 @register
@@ -40,8 +48,15 @@ class CentralGaussian(Mechanism):
                    "the noise is trusted, or secure aggregation reveals nothing but the sum; anyone who sees a "
                    "single report learns that client's mask")
 
-    def __init__(self, *, length, spec, noise_multiplier=None, epsilon=None, delta=None):
+    def __init__(self, *, length, spec, noise_multiplier=None, epsilon=None, delta=None, kept=None,
+                 sampling_rate=1.0, population=0):
         super().__init__(length=length, spec=spec)
+        self.kept = None if kept is None else positive_int("kept", kept)
+        self.sampling_rate = probability("sampling_rate", sampling_rate, open_high=False)
+        if self.sampled and (self.kept is None or population < 1):
+            raise ConfigError("Poisson-sampled central votes need each mask's kept count (its distance from "
+                              "absence) and the population sampled from (population >= 1)")
+        self.expected_count = self.sampling_rate * population if self.sampled else None
         if spec.threat_model != "central":
             raise ConfigError("the central mechanism needs a trusted aggregator: declare "
                               "ReportSpec(threat_model='central'), or use a local mechanism "
@@ -60,9 +75,18 @@ class CentralGaussian(Mechanism):
 
     @classmethod
     def from_settings(cls, config, *, length, kept, hamming_bound):
-        """sigma from the run's per-report target ``epsilon-per-report`` at its ``delta``."""
+        """sigma from the run's per-report target ``epsilon-per-report`` at its ``delta``; the run's Poisson
+        client sampling (rate fraction-train over num-clients), if any."""
+        sampled = getattr(config, "client_sampling", "fixed") == "poisson"
         return cls(length=length, spec=cls.spec_for(config, hamming_bound), delta=config.delta,
-                   epsilon=check_epsilon(config.epsilon_per_report, "epsilon-per-report"))
+                   epsilon=check_epsilon(config.epsilon_per_report, "epsilon-per-report"), kept=kept,
+                   sampling_rate=config.fraction_train if sampled else 1.0,
+                   population=config.num_clients if sampled else 0)
+
+    @property
+    def sampled(self) -> bool:
+        """Whether reports come from a secret Poisson sample of clients."""
+        return self.sampling_rate < 1.0
 
     @classmethod
     def report_coordinates(cls, length, hamming_bound, sample_size):
@@ -78,6 +102,15 @@ class CentralGaussian(Mechanism):
         if report.indices is not None or report.public_seed is not None or report.bits is None:
             raise ConfigError("a central report carries the exact packed mask only")
         check_packed(report.bits, self.length, "central report bits")
+        if self.kept is not None and (ones := int(count_ones([report.bits], self.length).sum())) != self.kept:
+            raise ConfigError(f"a central report keeps {ones} coordinates, the round's masks keep {self.kept}: "
+                              "the noise is sized to masks of that count")
+
+    def aggregate(self, reports, rng=None):
+        """As for every mechanism; under Poisson sampling a round may sample nobody: the sums are then noise."""
+        if self.sampled and isinstance(reports, list) and not reports:
+            return self._tally([], rng)
+        return super().aggregate(reports, rng)
 
     def _tally(self, reports, rng) -> VoteTally:
         if rng is None:
@@ -89,7 +122,8 @@ class CentralGaussian(Mechanism):
 
     def estimate(self, tally):
         tally = self.check_tally(tally)
-        return tally.sums / tally.n
+        # Poisson: the expected count, so the estimate does not tell how many took part
+        return tally.sums / (self.expected_count if self.sampled else tally.n)
 
     def variance(self, n, frequency):
         f = check_frequency(frequency)
@@ -128,6 +162,9 @@ class CentralGaussian(Mechanism):
         return analytic_gaussian_epsilon(self.noise_std, self._delta(delta))
 
     def event(self):
+        if self.sampled:  # a report is sqrt(kept) from its absence, against noise sigma sqrt(Delta)
+            return Gaussian(noise_multiplier=self.noise_std / math.sqrt(self.kept), sampling_rate=self.sampling_rate,
+                            sensitivity=2.0)
         return Gaussian(noise_multiplier=self.noise_multiplier, sensitivity=1.0)  # one vote flips a sum by 1 per bit
 
     def describe(self, delta=None) -> dict:
