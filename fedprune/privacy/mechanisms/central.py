@@ -8,7 +8,9 @@ noisy_sum / n is unbiased with variance Delta sigma^2 / n^2, far below any local
 under a much stronger trust assumption: whoever sees a client's report sees its mask exactly.
 
 Figures at a delta: per report, the analytic Gaussian mechanism (Balle & Wang 2018) at sigma
-and sensitivity 1; per decision (one bit), the same at sigma sqrt(Delta).
+and sensitivity 1; per decision (one bit), the same at sigma sqrt(Delta). sigma comes from
+``noise_multiplier`` or from a target per-report (epsilon, delta). The noise is numpy's
+float64 Gaussian; like most DP libraries, the figures assume ideal real-valued noise.
 
 Under secret Poisson client sampling (rate q over N clients, ``client-sampling poisson``) a report
 must also lie within a known distance of its absence: a mask keeping exactly ``kept`` coordinates is
@@ -16,9 +18,7 @@ sqrt(kept) from the zero vector, so the round's vote sums are a Poisson-sampled 
 multiplier sigma sqrt(Delta / kept) at sensitivity 2 (replace-one: -+sqrt(kept)), and the sums are
 divided by the expected count q N, not the realised one. A report keeping any other count is refused.
 The weight sums of the same round come from the same sample: the coordinator charges both as one
-sampled Gaussian (``fedprune.privacy.events.joint``). sigma comes from
-``noise_multiplier`` or from a target per-report (epsilon, delta). The noise is numpy's
-float64 Gaussian; like most DP libraries, the figures assume ideal real-valued noise.
+sampled Gaussian (``fedprune.privacy.events.joint``).
 """
 
 from __future__ import annotations
