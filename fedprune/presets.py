@@ -62,12 +62,12 @@ register(Preset(
 # top, which gives the mask channel a client-level figure of its own. Weights carry no client-level guarantee.
 # What DP-SGD wants, measured on MNIST-1D (docs/EXPERIMENTS.md, "Presets"): many records a client at a fixed batch
 # (16,000 records, Poisson batches of 512: sampling rate 1/32, so eps 8 over 400 steps needs only z 0.8539), many
-# short rounds (100 of 4 steps: the runs are bound by steps, not noise, and server momentum turns many small rounds
-# into more progress than few long ones: 0.918 where 40 rounds of 8 steps reached 0.858), a large step on the
-# clipped gradients without client momentum, the 32-channel CNN (a quarter of the parameters, so less noise
-# norm), and pruning in steps over the middle of the run (polynomial from round 30 to 60, every 5 rounds: a mask
-# from weights that have learnt, smaller drops than one step at round 50, and 40 rounds to recover under it; 0.925
-# over two seeds where one step at round 50 reached 0.916). Replace-one neighbours. Its non-private baselines train as FedAvg would: batch 32, step 0.05, momentum
+# short rounds (100 of 4 steps: server momentum turns many small rounds into more progress than few long ones: 0.918
+# where 40 rounds of 8 steps reached 0.858), a large step on the clipped gradients without client momentum, the
+# 32-channel CNN (a quarter of the parameters, so less noise norm), and pruning in steps over the middle of the run
+# (polynomial from round 30 to 60, every 5 rounds: a mask from weights that have learnt, smaller drops than one step,
+# where the noise costs most, and 40 rounds to recover; 0.925 over two seeds where one step at round 50 reached
+# 0.916). Replace-one neighbours. Its non-private baselines train as FedAvg would: batch 32, step 0.05, momentum
 # 0.9, 125 steps a round for 40 rounds, pruned at round 20 (they have converged by then; 4 epochs a round reached
 # 0.987 by round 8, then diverged at round 25).
 register(Preset(
