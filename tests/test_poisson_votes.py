@@ -52,8 +52,8 @@ def test_joint_adds_the_distances_from_absence_in_quadrature():
 
 
 def test_two_sums_of_one_sample_at_a_small_rate_cost_more_than_two_independently_sampled_releases():
-    # what the joint charge guards against: composing the round's weights and votes as separately sampled releases
-    # (at rate 1 the two agree: Gaussians compose exactly)
+    # the joint charge, not two independently sampled releases (samples the code does not draw), which at small
+    # rates would state less (at rate 1 the two agree: Gaussians compose exactly)
     weights, votes = Gaussian(1.0, 0.1), Gaussian(1.5, 0.1)
     assert epsilon((events.joint([weights, votes]), 10)) > epsilon((weights, 10), (votes, 10)) * 1.05
 

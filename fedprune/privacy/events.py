@@ -101,9 +101,9 @@ def joint(parts: Sequence[Gaussian]) -> Gaussian:
 
     Each sum divided by its own noise std is a sum of unit-noise Gaussians; a contribution lies within
     sensitivity/2 / noise_multiplier of its absence in each, so within the root of their squares in all
-    together, which makes them one Gaussian of noise multiplier 1 / that root (sensitivity 2): the mechanism
-    itself, not a bound. Composed as separately sampled releases they are misstated, and understated at small
-    rates (one secret sample hides a client from both at once, not from each independently).
+    together: the sums are at most one Gaussian of noise multiplier 1 / that root (sensitivity 2). Composing
+    them as two independently sampled releases would assume two samples the code does not draw (one secret
+    sample hides a client from both sums at once); at small rates that composition comes out below this charge.
     """
     if not parts or any(not isinstance(p, Gaussian) or p.count != 1 for p in parts):
         raise ConfigError("joint takes one or more single Gaussian releases")

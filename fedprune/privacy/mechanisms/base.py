@@ -130,7 +130,7 @@ class VoteTally:
     reported: np.ndarray | None = field(default=None)
 
     def __post_init__(self):
-        least = 0 if self.sums.dtype.kind == "f" else 1
+        least = 0 if isinstance(self.sums, np.ndarray) and self.sums.dtype.kind == "f" else 1
         if isinstance(self.n, bool) or not isinstance(self.n, numbers.Integral) or self.n < least:
             raise ConfigError(f"a tally needs n >= 1 reports (0 only for noisy central sums), got {self.n!r}")
         for name in ("sums", "reported"):
