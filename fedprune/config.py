@@ -77,6 +77,9 @@ class RunConfig:
     # 0: the dataset as published (MNIST-1D: 8,000 training examples); k > 0: MNIST-1D generated with
     # num-clients x k training examples (k per client under partitioner iid, k on average otherwise)
     examples_per_client: int = 0
+    # held-out examples the server evaluates the global model on after every round: the first k of the test split
+    # (0: all of it; a generated MNIST-1D's test split is a quarter the size of its training split)
+    test_examples: int = 0
     model: str = "cnn1d"  # cnn1d, cnn1d-small (32 channels), mlp, cnn2d
     partitioner: str = "dirichlet"  # how the training set is split over clients (iid, dirichlet, pathological)
     dirichlet_alpha: float = 0.5  # Dirichlet concentration: smaller is more non-IID
@@ -170,6 +173,8 @@ class RunConfig:
         if self.examples_per_client < 0:
             raise ConfigError(f"examples-per-client must be >= 0 (0: the dataset as published), got "
                               f"{self.examples_per_client}")
+        if self.test_examples < 0:
+            raise ConfigError(f"test-examples must be >= 0 (0: the whole test split), got {self.test_examples}")
         if self.examples_per_client and self.dataset != "mnist1d":
             raise ConfigError(f"examples-per-client sizes the generated MNIST-1D; {self.dataset} has a fixed size: set "
                               "examples-per-client 0 or dataset mnist1d")

@@ -23,7 +23,7 @@ from fedprune.config import RunConfig
 from fedprune.data.datasets import make_loader
 from fedprune.federated import modes
 from fedprune.federated.coordinator import Coordinator
-from fedprune.federated.local import new_model, run_dataset
+from fedprune.federated.local import held_out, new_model
 from fedprune.privacy import replay, statement
 from fedprune.privacy.rng import RandomnessSource
 from fedprune.pruning.masks import prunable_parameters
@@ -46,8 +46,7 @@ class RoundLog:
                  seconds_before: float = 0.0):
         self.config, self.coordinator, self.folder, self.offset, self.progress = \
             config, coordinator, folder, offset, progress
-        data = run_dataset(config)
-        self.test = make_loader(data.x_test, data.y_test, 512, shuffle=False)
+        self.test = make_loader(*held_out(config), 512, shuffle=False)
         self.model = new_model(config)
         self.started = time.perf_counter() - seconds_before  # a resumed run's clock goes on from its last line
         self.last = None

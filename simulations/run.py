@@ -90,10 +90,10 @@ def simulate(settings: RunConfig | Mapping[str, object], progress=print, num_cpu
 
     ``num_cpus``: CPUs Ray may use (default all), so clients train one per CPU.
     """
-    from fedprune.federated.local import check_partition
+    from fedprune.federated.local import check_data
 
     config = run_folder.with_name(resolve(settings))
-    check_partition(config)
+    check_data(config)
     try:
         with run_folder.owned(config):  # checked, created and locked before the engine starts
             return _simulate(config, progress, num_cpus)

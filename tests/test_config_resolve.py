@@ -38,6 +38,7 @@ BAD = {
     "weight_decay": (-0.1, "must be >= 0"),
     "dataset": ("mnist", "valid datasets: .*hf:<name or local path>"),
     "examples_per_client": (-1, r"must be >= 0 \(0: the dataset as published\)"),
+    "test_examples": (-1, r"must be >= 0 \(0: the whole test split\)"),
     "model": ("resnet", "valid models: .*cnn1d"),
     "partitioner": ("bogus", "valid partitioners: .*dirichlet"),
     "dirichlet_alpha": (0, "must be > 0"),

@@ -290,15 +290,27 @@ def test_sized_asks_mnist1d_for_at_least_the_training_examples_wanted():
         data.sized("digits", 100)
 
 
+def test_test_examples_evaluates_the_first_of_the_test_split_and_refuses_more_than_it_holds():
+    from fedprune.config import RunConfig
+    from fedprune.federated.local import check_data, held_out, run_dataset
+
+    whole = run_dataset(RunConfig())
+    x, y = held_out(RunConfig(test_examples=300))
+    assert np.array_equal(x, whole.x_test[:300]) and np.array_equal(y, whole.y_test[:300])
+    assert len(held_out(RunConfig())[1]) == len(whole.y_test) == 2000
+    with pytest.raises(ConfigError, match="test-examples 2001 exceeds the 2000 examples of mnist1d's test split"):
+        check_data(RunConfig(test_examples=2001))
+
+
 def test_examples_per_client_gives_every_client_its_share_at_a_thousand_clients():
     from fedprune.config import RunConfig
-    from fedprune.federated.local import check_partition, client_data, run_dataset
+    from fedprune.federated.local import check_data, client_data, run_dataset
 
     config = RunConfig(num_clients=1000, examples_per_client=12, partitioner="iid")
-    check_partition(config)
+    check_data(config)
     assert len(run_dataset(config).y_train) == 12_000
     assert {len(client_data(config, i, 1000)[1]) for i in (0, 499, 999)} == {12}
     with pytest.raises(ConfigError, match="examples-per-client sizes the generated MNIST-1D; digits has a fixed size"):
         RunConfig(dataset="digits", model="mlp", examples_per_client=5)
     with pytest.raises(ConfigError, match="cannot split mnist1d's 8000 training examples among 1000 clients"):
-        check_partition(RunConfig(num_clients=1000))  # the published size under Dirichlet(0.5): refused before work
+        check_data(RunConfig(num_clients=1000))  # the published size under Dirichlet(0.5): refused before work

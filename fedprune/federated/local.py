@@ -50,11 +50,23 @@ def _partitions(config: RunConfig, num_partitions: int):
                      classes_per_partition=config.classes_per_client, seed=config.seed)
 
 
-def check_partition(config: RunConfig) -> None:
-    """ConfigError, with the settings that fix it, if the run's data cannot be split among its clients.
+def held_out(config: RunConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The held-out examples the server evaluates on: the first test-examples of the test split (0: all of it)."""
+    data = run_dataset(config)
+    if config.test_examples > len(data.y_test):
+        raise ConfigError(f"test-examples {config.test_examples} exceeds the {len(data.y_test)} examples of "
+                          f"{config.dataset}'s test split; set test-examples to at most that, or 0 for all of it")
+    count = config.test_examples or len(data.y_test)
+    return data.x_test[:count], data.y_test[:count]
+
+
+def check_data(config: RunConfig) -> None:
+    """ConfigError, with the settings that fix it, if the run's data cannot be split among its clients or its test
+    split holds fewer than test-examples.
 
     Run once before any work, so a split that fails does not fail inside every client instead.
     """
+    held_out(config)
     try:
         _partitions(config, config.num_clients)
     except ConfigError as error:
