@@ -4,7 +4,11 @@ Every round ends in ``RoundLog``: evaluate the global model on the held-out test
 line to metrics.jsonl, write the checkpoint, print the progress line. A run killed at any point
 resumes from its last finished round (``resume = true``): the schedule position, the mask, the
 ledgers and the weights come back from the checkpoint, and every random draw of a round is
-derived from (seed, round, client), so a seeded resumed run ends where an uninterrupted one does.
+derived from (seed, round, client), so a seeded resumed run ends where an uninterrupted one does
+when every client takes part in every round. Where clients are sampled (fraction-train below 1, or
+Poisson sampling), the draw runs over Flower's node ids, which its simulation draws at random each
+time it starts: a resumed or repeated run draws other clients (with the same probabilities, so every
+figure holds), and its accuracy differs as another seed's would.
 """
 
 from __future__ import annotations
