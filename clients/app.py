@@ -49,6 +49,13 @@ def train(msg: Message, context: Context) -> Message:
         torch.set_num_threads(threads)
 
 
+@app.query()
+def identify(msg: Message, context: Context) -> Message:
+    """This node's client id (its partition id) and nothing else: the server samples clients by it."""
+    client = int(context.node_config["partition-id"])
+    return Message(content=RecordDict({keys.METRICS: MetricRecord({keys.CLIENT_ID: client})}), reply_to=msg)
+
+
 def _train(msg: Message, context: Context) -> Message:
     request = wire.TrainRequest.from_config(msg.content.config_records[keys.CONFIG])
     config, plan = request.config, request.plan

@@ -39,7 +39,7 @@ MODE_DEFAULTS = {
 SERVER_ONLY = frozenset({"num-server-rounds", "fraction-train", "client-sampling", "schedule", "prune-start",
                          "prune-end", "prune-every", "server-learning-rate", "server-momentum", "budget-epsilon",
                          "dense-baseline", "run-name", "output-dir", "resume"})
-CLIENT_SAMPLING = {"fixed": "Flower samples fraction-train x num-clients clients a round (no amplification)",
+CLIENT_SAMPLING = {"fixed": "fraction-train x num-clients clients a round, from the run's seed (no amplification)",
                    "poisson": "each client takes part with probability fraction-train, secretly (amplified)"}
 SCHEDULE_NAMES = ("oneshot", "constant", "geometric", "polynomial")
 
@@ -57,7 +57,7 @@ class RunConfig:
     num_server_rounds: int = 30  # rounds of the run
     num_clients: int = 10  # clients (data partitions); under `flwr run .` at most the SuperNodes there are
     fraction_train: float = 1.0  # share of clients sampled each round (fixed: at least 2)
-    # fixed: Flower samples fraction-train x num-clients clients each round (the figure is not amplified);
+    # fixed: the server draws fraction-train x num-clients clients each round from the run's seed (not amplified);
     # poisson: each client takes part independently with probability fraction-train, drawn from the privacy
     # randomness and never sent; DP-FedAvg's figure is then amplified by it (fedprune.privacy.weight_channel)
     client_sampling: str = "fixed"

@@ -5,16 +5,12 @@ line to metrics.jsonl, write the checkpoint, print the progress line. A run kill
 resumes from its last finished round (``resume = true``): the schedule position, the mask, the
 ledgers and the weights come back from the checkpoint, and every random draw of a round is
 derived from (seed, round, client), so a seeded resumed run ends where an uninterrupted one does
-when every client takes part in every round. Where clients are sampled (fraction-train below 1, or
-Poisson sampling), the draw runs over Flower's node ids, which its simulation draws at random each
-time it starts: a resumed or repeated run draws other clients (with the same probabilities, so every
-figure holds), and its accuracy differs as another seed's would.
+(sampled clients included: they are drawn over client ids, ``fedprune.federated.sampling``).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
@@ -27,6 +23,7 @@ from fedprune.config import RunConfig
 from fedprune.data.datasets import make_loader
 from fedprune.federated import modes
 from fedprune.federated.coordinator import Coordinator
+from fedprune.federated.sampling import fixed_sample_size
 from fedprune.federated.local import held_out, new_model
 from fedprune.privacy import replay, statement
 from fedprune.privacy.rng import RandomnessSource
@@ -38,9 +35,8 @@ from server.strategy import FedPrune, from_record, to_record
 
 def build_strategy(config: RunConfig, coordinator: Coordinator, offset: int) -> FedPrune:
     """FedPrune; its coordinator runs the weight channel (DP-FedAvg included, see server/strategy.py)."""
-    sampled = max(2, math.ceil(config.fraction_train * config.num_clients))
     return FedPrune(coordinator, round_offset=offset, fraction_train=config.fraction_train,
-                    min_train_nodes=min(sampled, config.num_clients), min_available_nodes=config.num_clients)
+                    min_train_nodes=fixed_sample_size(config), min_available_nodes=config.num_clients)
 
 
 class RoundLog:

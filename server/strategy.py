@@ -1,9 +1,11 @@
 """The pruning strategy: Flower's FedAvg round loop, with fedprune deciding what each round does.
 
-``FedPrune`` extends FedAvg (sampling, messaging and the loop stay Flower's): it adds the round's
-plan and the global mask to every training message, parses the replies, and hands them to a
-``fedprune.federated.coordinator.Coordinator``. Malformed replies and dropouts are logged with their reason,
-counted, and left out; the round completes when ``min-replies`` well-formed replies remain.
+``FedPrune`` extends FedAvg (messaging and the loop stay Flower's): it adds the round's plan and the
+global mask to every training message, parses the replies, and hands them to a
+``fedprune.federated.coordinator.Coordinator``. Where not every client takes part in a round, the
+coordinator draws who does over client ids (each node says its own once, in a query), not over Flower's
+node ids, which the simulation draws at random each time it starts. Malformed replies and dropouts are
+logged with their reason, counted, and left out; the round completes when ``min-replies`` well-formed replies remain.
 
 The DP weight channels are the coordinator's, not Flower's DP strategy wrappers: those noise the
 average after the inner strategy has returned it, so a mask chosen inside would come from the
@@ -27,6 +29,7 @@ from flwr.serverapp.strategy.strategy_utils import sample_nodes
 from fedprune.federated import keys, wire
 from fedprune.federated.coordinator import BudgetExhausted, Coordinator, Reply, TooFewReplies
 from fedprune.federated.keys import MalformedReply
+from fedprune.federated.sampling import roster
 
 
 def to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
@@ -47,6 +50,7 @@ class FedPrune(FedAvg):
         self.round_offset = round_offset
         self.plan = None
         self.sent: dict[str, np.ndarray] = {}  # the model this round's replies update
+        self.clients: dict[int, int] | None = None  # client id -> node id, where clients are sampled (roster)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
@@ -60,15 +64,35 @@ class FedPrune(FedAvg):
         request = wire.TrainRequest(coordinator.config, self.plan, packed, length)
         values = {**dict(config), **request.to_config()}  # Flower's own keys (server-round) beside fedprune's
         self.sent = from_record(arrays)
-        if not coordinator.poisson:
+        if not coordinator.poisson and self.fraction_train >= 1.0:
             return list(super().configure_train(server_round, arrays, ConfigRecord(values), grid))
-        # Poisson client sampling: the coordinator draws who takes part, secretly (FedAvg's sampling is a fixed size)
-        nodes, _ = sample_nodes(grid, self.min_available_nodes, self.min_available_nodes)
-        chosen = coordinator.sample(self.plan, sorted(nodes))
-        log(INFO, "configure_train: %d of %d nodes take part (Poisson sampling)", len(chosen), len(nodes))
+        # the coordinator draws who takes part (secretly under Poisson sampling) over client ids, so that a seeded
+        # run draws the same clients each time; FedAvg would draw over Flower's node ids, random at every start
+        roster = self.roster(grid)
+        chosen = coordinator.sample(self.plan, list(roster))
+        log(INFO, "configure_train: %d of %d clients take part (%s sampling)", len(chosen), len(roster),
+            coordinator.config.client_sampling)
         values[keys.SERVER_ROUND] = server_round
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: ConfigRecord(values)})
-        return list(self._construct_messages(record, chosen, MessageType.TRAIN))
+        return list(self._construct_messages(record, [roster[client] for client in chosen], MessageType.TRAIN))
+
+    def roster(self, grid: Grid) -> dict[int, int]:
+        """Client id -> node id, asked once per start of the run (``fedprune.federated.sampling.roster``)."""
+        if self.clients is None:
+            nodes, _ = sample_nodes(grid, self.min_available_nodes, self.min_available_nodes)
+            query = RecordDict({self.configrecord_key: ConfigRecord({})})
+            answers = []
+            for reply in grid.send_and_receive(self._construct_messages(query, sorted(nodes), MessageType.QUERY)):
+                try:
+                    answer = f"no answer ({reply.error.reason})" if reply.has_error() else \
+                        dict(reply.content.metric_records[keys.METRICS])
+                except (KeyError, TypeError) as error:
+                    answer = f"its answer holds no {keys.METRICS} ({error})"
+                answers.append((reply.metadata.src_node_id, answer))
+            self.clients, refused = roster(answers, self.coordinator.config.num_clients)
+            for node, why in refused:
+                log(WARNING, "node %s is left out of client sampling: %s", node, why)
+        return self.clients
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:

@@ -19,10 +19,13 @@ NODES = [11, 12, 13, 14]
 
 
 class ListGrid:
-    """Just enough of a Grid for FedAvg's node sampling."""
+    """Just enough of a Grid for node sampling and the roster query (node NODES[i] is partition i)."""
 
     def get_node_ids(self):
         return list(NODES)
+
+    def send_and_receive(self, messages, *, timeout=None):
+        return [client_reply(m, NODES.index(m.metadata.dst_node_id)) for m in messages]
 
 
 def small_config(**changes) -> RunConfig:

@@ -39,6 +39,7 @@ from fedprune.federated.rounds import (
     plan_round,
     server_scores,
 )
+from fedprune.federated.sampling import fixed_sample_size
 from fedprune.privacy import events, weight_channel
 from fedprune.privacy.accountant import Accountant
 from fedprune.privacy.mechanisms import MaskReport, Mechanism
@@ -51,6 +52,7 @@ from fedprune.validation import ConfigError
 UNITS = ("record", "client")
 WEIGHT_NOISE_STREAM = (0, 1)  # privacy_rng stream suffix of the server's weight noise (clients use (round, id))
 SAMPLING_STREAM = (0, 2)  # ... of the server's secret Poisson client sampling
+FIXED_SAMPLING_STREAM = (0, 3)  # SeedSequence suffix of a fixed sample's draw, from the run's (public) seed
 RESUMABLE = ("num-server-rounds", "resume", "run-name", "output-dir")  # may change when a run resumes
 
 
@@ -164,13 +166,24 @@ class Coordinator:
         """Whether clients take part by secret Poisson sampling (DP-FedAvg's; mask-only sends no weights)."""
         return self.weight_channel is not None and self.weight_channel.sampled
 
-    def sample(self, plan: RoundPlan, nodes: list[int]) -> list[int]:
-        """Under Poisson client sampling, the nodes that take part in ``plan``'s round: each independently with
-        probability fraction-train, from the privacy randomness (secret: the figure's amplification rests on it)."""
-        seed = self.config.privacy_seed
-        rng = privacy_rng(None if seed < 0 else seed, stream=(plan.round, *SAMPLING_STREAM))
-        chosen = rng.random(len(nodes)) < self.weight_channel.sampling_rate
-        return [node for node, take in zip(nodes, chosen) if take]
+    def sample(self, plan: RoundPlan, clients: list[int]) -> list[int]:
+        """The clients (partition ids, ascending) that take part in ``plan``'s round, where not all do.
+
+        Poisson: each independently with probability fraction-train, from the privacy randomness (secret: the
+        figure's amplification rests on it). Fixed: ``fixed_sample_size`` of them, drawn from the run's seed
+        (public: a fixed sample is not accounted as amplification).
+        Drawn over client ids, not Flower's node ids (random each time a simulation starts): a seeded run
+        draws the same clients every time, resumed or not.
+        """
+        clients = sorted(clients)
+        if self.poisson:
+            seed = self.config.privacy_seed
+            rng = privacy_rng(None if seed < 0 else seed, stream=(plan.round, *SAMPLING_STREAM))
+            chosen = rng.random(len(clients)) < self.weight_channel.sampling_rate
+            return [client for client, take in zip(clients, chosen) if take]
+        size = min(len(clients), fixed_sample_size(self.config))
+        rng = np.random.default_rng(np.random.SeedSequence((self.config.seed, plan.round, *FIXED_SAMPLING_STREAM)))
+        return sorted(int(c) for c in rng.choice(clients, size=size, replace=False))
 
     def dropout(self) -> None:
         """Count a client that did not reply (nothing was received, so nothing is charged)."""

@@ -58,7 +58,7 @@ class Clear:
     # the metrics a client sends: loss and time too, since nothing it sends is protected anyway
     metrics: tuple = (keys.CLIENT_ID, keys.NUM_EXAMPLES, *keys.PLAIN_METRICS)
     protects_weights: tuple = ()   # units in which a client's trained weights are a DP output
-    sampled = False  # clients take part by Flower's sampling, seen by the server: charged when they take part
+    sampled = False  # clients take part by a fixed-size draw the server sees: charged when they take part
 
     def trust(self, unit: str) -> str:
         return "none"
