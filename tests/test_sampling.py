@@ -47,17 +47,27 @@ def test_a_draw_depends_on_the_client_ids_and_the_seeds_alone():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sampling", ["poisson", "fixed"])
-def test_a_seeded_run_with_sampled_clients_repeats_itself(tmp_path, sampling):
+def test_a_seeded_run_with_sampled_clients_repeats_itself_resumed_or_not(tmp_path, sampling):
     # Flower's simulation gives its nodes new random ids at every start: a draw over node ids would differ
     settings = {"preset": "cross-device", "num-clients": 12, "examples-per-client": 16, "fraction-train": 0.4,
                 "client-sampling": sampling, "num-server-rounds": 3, "local-epochs": 1, "prune-start": 2,
                 "prune-end": 3, "prune-every": 1, "privacy-seed": 3, "output-dir": str(tmp_path)}
     if sampling == "fixed":
         settings.update({"weight-channel": "clear", "server-learning-rate": 1.0, "server-momentum": 0.0})
-    runs = []
-    for name in ("first", "second"):
-        simulate(resolve({**settings, "run-name": name}), progress=lambda line: None)
-        runs.append([json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()])
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_round_1(line):
+        if line.startswith("round   1/"):
+            raise Killed(line)
+
+    simulate(resolve({**settings, "run-name": "first"}), progress=lambda line: None)
+    with pytest.raises(Killed):  # the second is killed after round 1 and resumed: a new start, new node ids
+        simulate(resolve({**settings, "run-name": "second"}), progress=kill_after_round_1)
+    simulate(resolve({**settings, "run-name": "second", "resume": True}), progress=lambda line: None)
+    runs = [[json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+            for name in ("first", "second")]
     assert [(r["accuracy"], r["loss"], r["density"]) for r in runs[0]] == \
         [(r["accuracy"], r["loss"], r["density"]) for r in runs[1]]
     weights = [np.load(tmp_path / name / "checkpoint.npz") for name in ("first", "second")]
