@@ -68,13 +68,13 @@ class FedPrune(FedAvg):
             return list(super().configure_train(server_round, arrays, ConfigRecord(values), grid))
         # the coordinator draws who takes part (secretly under Poisson sampling) over client ids, so that a seeded
         # run draws the same clients each time; FedAvg would draw over Flower's node ids, random at every start
-        roster = self.roster(grid)
-        chosen = coordinator.sample(self.plan, list(roster))
-        log(INFO, "configure_train: %d of %d clients take part (%s sampling)", len(chosen), len(roster),
+        clients = self.roster(grid)
+        chosen = coordinator.sample(self.plan, list(clients))
+        log(INFO, "configure_train: %d of %d clients take part (%s sampling)", len(chosen), len(clients),
             coordinator.config.client_sampling)
         values[keys.SERVER_ROUND] = server_round
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: ConfigRecord(values)})
-        return list(self._construct_messages(record, [roster[client] for client in chosen], MessageType.TRAIN))
+        return list(self._construct_messages(record, [clients[client] for client in chosen], MessageType.TRAIN))
 
     def roster(self, grid: Grid) -> dict[int, int]:
         """Client id -> node id, asked once per start of the run (``fedprune.federated.sampling.roster``)."""
