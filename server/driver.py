@@ -23,8 +23,8 @@ from fedprune.config import RunConfig
 from fedprune.data.datasets import make_loader
 from fedprune.federated import modes
 from fedprune.federated.coordinator import Coordinator
-from fedprune.federated.sampling import fixed_sample_size
 from fedprune.federated.local import held_out, new_model
+from fedprune.federated.sampling import fixed_sample_size
 from fedprune.privacy import replay, statement
 from fedprune.privacy.rng import RandomnessSource
 from fedprune.pruning.masks import prunable_parameters
