@@ -2,8 +2,9 @@
 
 For each budget the noise multiplier that spends it (``fedprune budget --preset P --epsilon E``) is
 searched on the run's own ledger, then ``fedprune run --preset P --set noise-multiplier=Z --seed S``
-runs; beside them, on the same population and local training, dense non-private FedAvg and the
-preset's pruning without privacy. Writes ``OUT/results.json``, ``OUT/frontier-PRESET.png`` and
+runs (with the settings ``--tune EPS:KEY=VALUE`` gives that budget, e.g. a smaller step where the noise is
+larger); beside them, on the same population and local training, dense non-private FedAvg and the
+preset's pruning without privacy. Writes ``OUT/frontier-PRESET.json``, ``OUT/frontier-PRESET.png`` and
 ``OUT/frontier-PRESET.md`` (a table, each row with its command). Runs already finished with the same
 settings are reused; a folder holding a run of other settings stops the script before it runs anything more.
 """
@@ -21,17 +22,21 @@ from pathlib import Path
 from fedprune import presets
 from fedprune.config import resolve
 from fedprune.federated.forecast import calibrate
+from fedprune.validation import ConfigError
 from simulations.reporting import markdown_table
 
 
-def cells(name: str, budgets: list[float], seeds: list[int]) -> list[tuple[str, dict]]:
-    """(label, settings) of every run: the private ones at each budget, then the two non-private baselines."""
-    config = resolve({"preset": name})
+def cells(name: str, budgets: list[float], seeds: list[int],
+          tuned: dict[float, dict[str, str]] | None = None) -> list[tuple[str, dict]]:
+    """(label, settings) of every run: the private ones at each budget (with ``tuned[budget]``'s settings, the
+    noise found on their own ledger), then the two non-private baselines."""
     out = []
     for budget in budgets:
-        noise = calibrate(config, budget)
-        out += [(f"eps {budget:g}", {"noise-multiplier": noise, "seed": seed}) for seed in seeds]
-    preset = presets.get(name)
+        given = (tuned or {}).get(budget, {})
+        noise = calibrate(resolve({"preset": name, **given}), budget)
+        label = f"eps {budget:g}" + "".join(f", {key} {value}" for key, value in given.items())
+        out += [(label, {"noise-multiplier": noise, **given, "seed": seed}) for seed in seeds]
+    config, preset = resolve({"preset": name}), presets.get(name)
     for label, method in (("dense, non-private", "dense"), ("pruned, non-private", config.method)):
         changed = {key: value for key, value in preset.non_private(method).items() if preset.settings.get(key) != value}
         out += [(label, {**changed, "seed": seed}) for seed in seeds]
@@ -62,18 +67,41 @@ def reusable(folder: Path, shown: list[str]) -> bool:
     return True
 
 
+def parse_tune(items: list[str], budgets: list[float]) -> dict[float, dict[str, str]]:
+    """``--tune EPS:KEY=VALUE`` options as {budget: settings}; SystemExit for a budget the frontier does not run."""
+    tuned: dict[float, dict[str, str]] = {}
+    for item in items:
+        budget, _, setting = item.partition(":")
+        key, equals, value = setting.partition("=")
+        try:
+            budget_ = float(budget)
+        except ValueError:
+            budget_ = None
+        if not equals or budget_ not in budgets:
+            raise SystemExit(f"--tune takes EPS:KEY=VALUE with EPS one of --budgets "
+                             f"({', '.join(f'{b:g}' for b in budgets)}), got {item!r}")
+        tuned.setdefault(budget_, {})[key.strip()] = value.strip()
+    return tuned
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m simulations.preset_frontier", description=__doc__)
     parser.add_argument("preset", choices=[p for p, preset in presets.PRESETS.items() if preset.settings])
     parser.add_argument("--budgets", default="1,2,4,8", help="end-to-end epsilons in the preset's unit")
     parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--tune", action="append", default=[], metavar="EPS:KEY=VALUE",
+                        help="a setting for the runs at one budget, e.g. --tune 1:learning-rate=1 (repeatable)")
     parser.add_argument("--out", default="runs/frontier")
     args = parser.parse_args(argv)
     preset, out = presets.get(args.preset), Path(args.out)
+    budgets = [float(b) for b in args.budgets.split(",")]
+    try:
+        planned = cells(args.preset, budgets, [int(s) for s in args.seeds.split(",")], parse_tune(args.tune, budgets))
+    except ConfigError as error:  # a tuned key or value the run would refuse, before anything runs
+        raise SystemExit(f"--tune: {error}") from None
     runs = [(label, settings, command(args.preset, settings),
              out / f"{args.preset}-{label.replace(' ', '').replace(',', '-')}-seed{settings['seed']}")
-            for label, settings in cells(args.preset, [float(b) for b in args.budgets.split(",")],
-                                         [int(s) for s in args.seeds.split(",")])]
+            for label, settings in planned]
     done = [reusable(folder, shown) for _, _, shown, folder in runs]  # every folder checked before any run
     rows = []
     for (label, settings, shown, folder), finished in zip(runs, done):
@@ -86,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                      "accuracy": summary["final_accuracy"], "density": summary["density"],
                      "epsilon": summary["epsilon"][preset.unit], "seconds": summary["wall_seconds"],
                      "trust_model": summary["privacy"]["end_to_end"][preset.unit]["trust_model"]})
-    (out / "results.json").write_text(json.dumps(rows, indent=2))
+    (out / f"frontier-{args.preset}.json").write_text(json.dumps(rows, indent=2))
     plot(out / f"frontier-{args.preset}.png", preset, rows)
     (out / f"frontier-{args.preset}.md").write_text(table(preset, rows))
     print(table(preset, rows))

@@ -7,7 +7,8 @@ import pytest
 
 from fedprune import presets
 from simulations.cli import build_parser
-from simulations.preset_frontier import command, plot, reusable, table
+from simulations import preset_frontier
+from simulations.preset_frontier import cells, command, main, parse_tune, plot, reusable, table
 from simulations.run import config_from_args
 
 
@@ -44,3 +45,31 @@ def test_a_finished_run_is_reused_only_when_its_settings_are_the_cells(tmp_path)
     (folder / "config.json").write_text(json.dumps({**config.to_mapping(), "noise-multiplier": 2.669}))
     with pytest.raises(SystemExit, match="holds a run of other settings \\(noise-multiplier differ"):
         reusable(folder, shown)
+
+
+def test_a_tuned_budget_runs_its_settings_at_the_noise_found_on_their_own_ledger(monkeypatch):
+    seen = []
+    monkeypatch.setattr(preset_frontier, "calibrate",
+                        lambda config, eps: seen.append((config.learning_rate, config.local_steps, eps)) or 1.5)
+    tuned = parse_tune(["1:learning-rate=1", "1: local-steps = 8"], [1.0, 8.0])
+    planned = cells("cross-silo", [1.0, 8.0], [0, 1], tuned)
+    preset = presets.get("cross-silo").settings
+    assert seen == [(1.0, 8, 1.0), (preset["learning-rate"], preset["local-steps"], 8.0)]
+    assert planned[1] == ("eps 1, learning-rate 1, local-steps 8",
+                          {"noise-multiplier": 1.5, "learning-rate": "1", "local-steps": "8", "seed": 1})
+    assert [label for label, _ in planned[2:4]] == ["eps 8", "eps 8"]
+    argv = command("cross-silo", planned[1][1])
+    config = config_from_args(build_parser(argv[1:]).parse_args(argv[1:]))
+    assert (config.learning_rate, config.local_steps, config.noise_multiplier, config.seed) == (1.0, 8, 1.5, 1)
+
+
+@pytest.mark.parametrize("item", ["3:learning-rate=1", "learning-rate=1", "1:learning-rate"])
+def test_a_tuned_setting_for_no_budget_or_without_a_value_is_refused(item):
+    with pytest.raises(SystemExit, match="--tune takes EPS:KEY=VALUE with EPS one of --budgets \\(1, 8\\)"):
+        parse_tune([item], [1.0, 8.0])
+
+
+def test_a_tuned_setting_the_run_would_refuse_stops_the_frontier_before_it_runs(tmp_path):
+    with pytest.raises(SystemExit, match="--tune: unknown setting\\(s\\) no-such"):
+        main(["cross-silo", "--budgets", "1", "--tune", "1:no-such=1", "--out", str(tmp_path)])
+    assert not any(tmp_path.iterdir())
