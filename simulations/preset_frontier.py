@@ -51,13 +51,13 @@ def command(name: str, settings: dict) -> list[str]:
 
 def reusable(folder: Path, shown: list[str]) -> bool:
     """Whether ``folder`` holds a finished run of ``shown``; SystemExit if it holds a run of other settings."""
-    from simulations.cli import build_parser
+    from simulations.cli import build_parser as run_parser
     from simulations.run import config_from_args
 
     if not (folder / "summary.json").exists():
         return False
     where = {"run-name", "output-dir"}
-    wanted = config_from_args(build_parser(shown[1:]).parse_args(shown[1:])).to_mapping()
+    wanted = config_from_args(run_parser(shown[1:]).parse_args(shown[1:])).to_mapping()
     wanted = {key: value for key, value in json.loads(json.dumps(wanted)).items() if key not in where}
     stored = {key: value for key, value in json.loads((folder / "config.json").read_text()).items() if key not in where}
     differ = sorted(key for key in wanted.keys() | stored.keys() if wanted.get(key) != stored.get(key))
@@ -84,7 +84,7 @@ def parse_tune(items: list[str], budgets: list[float]) -> dict[float, dict[str, 
     return tuned
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m simulations.preset_frontier", description=__doc__)
     parser.add_argument("preset", choices=[p for p, preset in presets.PRESETS.items() if preset.settings])
     parser.add_argument("--budgets", default="1,2,4,8", help="end-to-end epsilons in the preset's unit")
@@ -92,7 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tune", action="append", default=[], metavar="EPS:KEY=VALUE",
                         help="a setting for the runs at one budget, e.g. --tune 1:learning-rate=1 (repeatable)")
     parser.add_argument("--out", default="runs/frontier")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     preset, out = presets.get(args.preset), Path(args.out)
     budgets = [float(b) for b in args.budgets.split(",")]
     try:

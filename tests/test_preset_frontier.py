@@ -1,6 +1,8 @@
 """The preset frontier's table and plot from finished runs, and the commands it runs (each a valid `fedprune run`)."""
 
 import json
+import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -8,7 +10,11 @@ import pytest
 from fedprune import presets
 from simulations.cli import build_parser
 from simulations import preset_frontier
+from simulations.preset_frontier import build_parser as frontier_parser
 from simulations.preset_frontier import cells, command, main, parse_tune, plot, reusable, table
+
+DOCUMENTED = re.findall(r"^python -m simulations\.preset_frontier ([^#\n]+)",
+                        (Path(__file__).resolve().parents[1] / "docs" / "EXPERIMENTS.md").read_text(), re.M)
 from simulations.run import config_from_args
 
 
@@ -73,3 +79,17 @@ def test_a_tuned_setting_the_run_would_refuse_stops_the_frontier_before_it_runs(
     with pytest.raises(SystemExit, match="--tune: unknown setting\\(s\\) no-such"):
         main(["cross-silo", "--budgets", "1", "--tune", "1:no-such=1", "--out", str(tmp_path)])
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("line", DOCUMENTED)
+def test_the_documented_frontiers_plan_valid_runs(line, monkeypatch):
+    monkeypatch.setattr(preset_frontier, "calibrate", lambda config, eps: 2.0)  # the search itself: test_presets
+    args = frontier_parser().parse_args(shlex.split(line))
+    budgets = [float(b) for b in args.budgets.split(",")]
+    for _, settings in cells(args.preset, budgets, [0], parse_tune(args.tune, budgets)):
+        argv = command(args.preset, settings)
+        config_from_args(build_parser(argv[1:]).parse_args(argv[1:]))  # a ConfigError: the cell would exit 2
+
+
+def test_both_presets_frontiers_are_documented():
+    assert sorted(shlex.split(line)[0] for line in DOCUMENTED) == ["cross-device", "cross-silo"]
