@@ -154,12 +154,16 @@ def plot(path: Path, preset, rows: list[dict]) -> None:
 
     figure, axis = plt.subplots(figsize=(6.4, 4.0))
     private = [(statistics.fmean(m["epsilon"] for m in ms), statistics.fmean(m["accuracy"] for m in ms),
-                statistics.pstdev(m["accuracy"] for m in ms)) for label, ms in _groups(rows).items()
+                statistics.pstdev(m["accuracy"] for m in ms), label) for label, ms in _groups(rows).items()
                if ms[0]["epsilon"] is not None]
     private.sort()
     density = 1 - resolve({"preset": preset.name}).target_sparsity
     axis.errorbar([p[0] for p in private], [p[1] for p in private], yerr=[p[2] for p in private], marker="o",
                   capsize=3, label=f"{preset.name}, private, density {density:g}")
+    for eps, accuracy, _, label in private:  # a tuned budget names its settings beside its point
+        if ", " in label:
+            axis.annotate(label.split(", ", 1)[1], (eps, accuracy), xytext=(6, -10), textcoords="offset points",
+                          fontsize=7)
     for (label, members), style in zip(((k, v) for k, v in _groups(rows).items() if v[0]["epsilon"] is None),
                                        ("--", ":")):
         axis.axhline(statistics.fmean(m["accuracy"] for m in members), linestyle=style, color="k", label=label)

@@ -29,7 +29,8 @@ def test_the_table_states_mean_sd_per_seed_and_the_figure(tmp_path):
     text = table(presets.get("cross-silo"), rows())
     assert "| eps 4 | 0.4050 ± 0.0050 | 0.4000 / 0.4100 | 4.000 | local | 0.200 | 100 | `c` |" in text
     assert "| dense, non-private | 0.9800 ± 0.0000 | 0.9800 / 0.9800 | none | none | 1.000 | 50 | `d` |" in text
-    plot(tmp_path / "f.png", presets.get("cross-silo"), rows())
+    tuned = [{**row, "label": "eps 2, learning-rate 1", "epsilon": 2} for row in rows()[:2]]
+    plot(tmp_path / "f.png", presets.get("cross-silo"), rows() + tuned)
     assert Path(tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
