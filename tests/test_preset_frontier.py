@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 
 from fedprune import presets
-from simulations.cli import build_parser
 from simulations import preset_frontier
+from simulations.cli import build_parser
 from simulations.preset_frontier import build_parser as frontier_parser
 from simulations.preset_frontier import cells, command, main, parse_tune, plot, reusable, table
+from simulations.run import config_from_args
 
 DOCUMENTED = re.findall(r"^python -m simulations\.preset_frontier ([^#\n]+)",
                         (Path(__file__).resolve().parents[1] / "docs" / "EXPERIMENTS.md").read_text(), re.M)
-from simulations.run import config_from_args
 
 
 def rows():
