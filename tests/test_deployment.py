@@ -17,9 +17,9 @@ from pathlib import Path
 import httpx
 import pytest
 from deploy_helpers import EXECUTABLES, REPO, Deployment, descendants, free_port, make_node_key
+from implemented_rr import rr_exact
 
 from fedprune import run_folder
-from fedprune.privacy.closed_form import rr_composition_epsilon
 
 pytestmark = pytest.mark.slow
 
@@ -70,7 +70,7 @@ def check_results(folder) -> dict:
     # weights in the clear: no end-to-end figure; the mask channel: one report per client at eps 2 a bit
     assert summary["epsilon"] == {"record": None, "client": None}
     assert summary["mechanism"]["mechanism"] == "randomized-response"
-    exact = rr_composition_epsilon(2.0, summary["mechanism"]["hamming_bound"], summary["delta"])
+    exact = rr_exact(2.0, summary["mechanism"]["hamming_bound"], summary["delta"])
     assert exact - 1e-9 <= summary["mask_channel_epsilon"]["client"] <= exact * (1 + 1e-5) + 2e-4
     assert summary["rejected_replies"] == 0
     return summary

@@ -17,6 +17,7 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.common.serde import recorddict_to_proto
+from implemented_rr import rr_exact
 from strategy_helpers import NODES, ListGrid, mask_only_config
 
 import clients.app
@@ -27,7 +28,6 @@ from fedprune.federated.coordinator import BudgetExhausted
 from fedprune.federated.local import client_data, new_model
 from fedprune.federated.mask_only import MaskOnlyCoordinator, client_round_mask_only
 from fedprune.pruning.masks import prunable_parameters
-from fedprune.privacy.closed_form import rr_composition_epsilon
 from fedprune.privacy.rng import privacy_rng
 from fedprune.training.supermask import frozen_state
 from fedprune.validation import ConfigError
@@ -66,7 +66,7 @@ def rebuilt(reply: Message, change) -> Message:
 
 
 def closed_form(config, coordinates: int) -> float:
-    return rr_composition_epsilon(config.epsilon_per_decision, coordinates, DELTA)
+    return rr_exact(config.epsilon_per_decision, coordinates, DELTA, name="clipped-bernoulli")
 
 
 def assert_matches(figure, exact):
@@ -259,7 +259,7 @@ def test_fedprune_run_mask_only_two_rounds_then_resume(tmp_path, capfd):
     assert summary["mode"] == "mask-only" and summary["rounds"] == 2 and d == summary["mechanism"]["length"]
     assert summary["density"] == pytest.approx(0.5, abs=1e-4)
     assert summary["epsilon"] == summary["mask_channel_epsilon"]  # end to end: nothing else is released
-    assert_matches(summary["epsilon"]["client"], rr_composition_epsilon(2.0, 2 * d, DELTA))
+    assert_matches(summary["epsilon"]["client"], closed_form(mask_only_config(), 2 * d))
     assert summary["upload_bytes_per_client_round"] == math.ceil(d / 8)
     assert summary["dense_upload_bytes_per_client_round"] > 32 * math.ceil(d / 8)
     report = (folder / run_folder.REPORT).read_text()
@@ -273,7 +273,7 @@ def test_fedprune_run_mask_only_two_rounds_then_resume(tmp_path, capfd):
     summary = json.loads((folder / run_folder.SUMMARY).read_text())
     rounds = [json.loads(line)["round"] for line in (folder / run_folder.METRICS).read_text().splitlines()]
     assert rounds == [0, 1, 2, 3] and summary["rounds"] == 3
-    assert_matches(summary["epsilon"]["client"], rr_composition_epsilon(2.0, 3 * d, DELTA))
+    assert_matches(summary["epsilon"]["client"], closed_form(mask_only_config(), 3 * d))
 
     # the run folder exports and analyzes like any other (the frozen weights under the final mask)
     assert main(["export", str(folder), "-o", str(tmp_path / "mo.fpm"), "--no-calibrate"]) == 0
