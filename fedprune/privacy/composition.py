@@ -104,7 +104,7 @@ def compose(ledger: Mapping[tuple, int]):
     gaussians = [(key[1:], n) for key, n in sorted(ledger.items()) if key[0] == "gaussian"]
     shift = math.sqrt(sum(n * (s / sigma) ** 2 for (sigma, rate, s), n in gaussians if rate == 1.0))
     sampled = [(sigma, rate, s, n) for (sigma, rate, s), n in gaussians if rate < 1.0]
-    # loss ranges of the Gaussians, for sizing the grid only (dp-accounting keeps +-10 std of noise)
+    # loss ranges of the Gaussians, for sizing the grid only (unsampled: dp-accounting keeps +-10 std of noise)
     spans = [20 * shift + shift**2] if shift else []
     spans += [_sampled_span(sigma, rate, s, n) for sigma, rate, s, n in sampled]
     step = _interval(lattices, spans)
