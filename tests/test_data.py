@@ -38,7 +38,7 @@ def mnist1d(cache_dir):
 
 def test_mnist1d_generates_once_then_reads_the_cache(tmp_path, monkeypatch):
     before = global_states()
-    first = load_dataset("mnist1d", cache_dir=tmp_path)  # generates: mnist1d reseeds numpy and random
+    first = load_dataset("mnist1d", cache_dir=tmp_path)  # generates, leaving the global generators alone
     assert_same_states(before, global_states())
 
     assert first.x_train.shape == (8000, 1, 40) and first.x_test.shape == (2000, 1, 40)
@@ -63,6 +63,23 @@ def test_mnist1d_generates_once_then_reads_the_cache(tmp_path, monkeypatch):
     assert_same_states(before, global_states())
     for split in ("x_train", "y_train", "x_test", "y_test"):
         assert np.array_equal(getattr(first, split), getattr(second, split))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"num_samples": 2000}, {"num_samples": 1007, "seed": 7, "shuffle_seq": True, "padding": [10, 20]}],
+    ids=["published-settings", "odd-size-shuffled-other-padding"],
+)
+def test_bulk_mnist1d_is_bit_for_bit_the_packages(options):
+    from mnist1d.data import make_dataset
+    from mnist1d.utils import ObjectView
+
+    args = data.mnist1d_args(**options)
+    with data.global_random_state_kept():  # the package reseeds numpy's and Python's global generators
+        reference = make_dataset(ObjectView(dict(args)))
+    bulk = data._generate_mnist1d(args)
+    for key in ("x", "y", "x_test", "y_test"):
+        assert bulk[key].dtype == reference[key].dtype and np.array_equal(bulk[key], reference[key]), key
 
 
 def test_mnist1d_cache_location_follows_the_environment(tmp_path, monkeypatch, mnist1d):

@@ -41,8 +41,8 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
 def load_dataset(name: str, *, cache_dir: str | os.PathLike | None = None, seed: int = 0, **options) -> Dataset:
     """Load a dataset by name.
 
-    - ``"mnist1d"``: generated locally by the mnist1d package with its published settings
-      (seed 42, the package's own 80/20 split) and 10000 samples, cached as .npz under
+    - ``"mnist1d"``: generated locally, bit for bit as the mnist1d package generates it, with its
+      published settings (seed 42, the package's own 80/20 split) and 10000 samples, cached as .npz under
       :func:`cache_root`, keyed by the generator's arguments. ``options`` override generator
       arguments (e.g. ``num_samples=4000``). ``seed`` is not used: MNIST-1D is a fixed benchmark.
     - ``"digits"``: scikit-learn's 8x8 digits scaled to [0, 1], stratified 80/20 split by ``seed``.
@@ -59,7 +59,7 @@ def load_dataset(name: str, *, cache_dir: str | os.PathLike | None = None, seed:
         loader = pick("dataset", name, DATASETS)
     except ConfigError as error:
         raise ConfigError(f"{error}; or hf:<name or local path> for a Hugging Face dataset") from None
-    with global_random_state_kept():  # scikit-learn's import draws from Python's random; mnist1d reseeds both
+    with global_random_state_kept():  # scikit-learn's import draws from Python's random
         return loader(cache_dir=cache_dir, seed=int(seed), **options)
 
 
@@ -104,12 +104,10 @@ def _mnist1d_cache_path(root: Path, args: dict) -> Path:
 
 
 def _generate_mnist1d(args: dict) -> dict:
-    """Run the package's generator (it reseeds numpy's and Python's global generators)."""
-    from mnist1d.data import make_dataset
-    from mnist1d.utils import ObjectView
+    """The package's dataset for ``args``, generated in bulk (:mod:`fedprune.data.mnist1d_fast`)."""
+    from fedprune.data.mnist1d_fast import make_dataset
 
-    with global_random_state_kept():
-        return make_dataset(ObjectView(dict(args)))
+    return make_dataset(args)
 
 
 def _mnist1d_dataset(arrays: dict, args: dict) -> Dataset:
