@@ -61,23 +61,24 @@ register(Preset(
 # the DP-SGD weights alone (post-processing: free at record level) and reported through randomized response on
 # top, which gives the mask channel a client-level figure of its own. Weights carry no client-level guarantee.
 # What DP-SGD wants, measured on MNIST-1D (docs/EXPERIMENTS.md, "Presets"): many records a client at a fixed batch
-# (16,000 records, Poisson batches of 512: sampling rate 1/32, so eps 8 over 400 steps needs only z 0.8539), many
+# (96,000 records, Poisson batches of 512: sampling rate 1/187.5, so eps 8 over 400 steps needs only z 0.4724: 0.942
+# over two seeds, where 16,000 records at z 0.8539 reached 0.925; the server evaluates 40,000 test examples), many
 # short rounds (100 of 4 steps: server momentum turns many small rounds into more progress than few long ones: 0.918
 # where 40 rounds of 8 steps reached 0.858), a large step on the clipped gradients without client momentum, the
 # 32-channel CNN (a quarter of the parameters, so less noise norm), and pruning in steps over the middle of the run
 # (polynomial from round 30 to 60, every 5 rounds: a mask from weights that have learnt, smaller drops than one step,
-# where the noise costs most, and 40 rounds to recover; 0.925 over two seeds where one step at round 50 reached
-# 0.916). Replace-one neighbours. Its non-private baselines train as FedAvg would: batch 32, step 0.05, momentum
-# 0.9, 125 steps a round for 40 rounds, pruned at round 20 (they have converged by then; 4 epochs a round reached
-# 0.987 by round 8, then diverged at round 25).
+# where the noise costs most, and 40 rounds to recover; at 16,000 records 0.925 over two seeds where one step at
+# round 50 reached 0.916). Replace-one neighbours. Its non-private baselines train as FedAvg would: batch 32, step
+# 0.05, momentum 0.9, 125 steps a round for 40 rounds, pruned at round 20 (they have converged by then; 4 epochs a
+# round reached 0.987 by round 8, then diverged at round 25).
 register(Preset(
     name="cross-silo", unit="record", trust_model="local",
-    summary="10 clients x 16,000 records, Opacus DP-SGD on every client: record level, holds against everyone, "
+    summary="10 clients x 96,000 records, Opacus DP-SGD on every client: record level, holds against everyone, "
             "the server included; magnitude masks from the DP-SGD weights through randomized response",
-    settings={"num-clients": 10, "examples-per-client": 16000, "partitioner": "iid", "model": "cnn1d-small",
-              "unit": "record", "weight-channel": "dpsgd", "noise-multiplier": 0.8539, "clipping-norm": 1.0,
-              "batch-size": 512, "optimizer": "sgd", "learning-rate": 5.0, "momentum": 0.0, "local-steps": 4,
-              "server-momentum": 0.9, "num-server-rounds": 100, "method": "votes",
+    settings={"num-clients": 10, "examples-per-client": 96000, "test-examples": 40000, "partitioner": "iid",
+              "model": "cnn1d-small", "unit": "record", "weight-channel": "dpsgd", "noise-multiplier": 0.4724,
+              "clipping-norm": 1.0, "batch-size": 512, "optimizer": "sgd", "learning-rate": 5.0, "momentum": 0.0,
+              "local-steps": 4, "server-momentum": 0.9, "num-server-rounds": 100, "method": "votes",
               "mechanism": "randomized-response", "epsilon-per-decision": 2.0, "target-sparsity": 0.8,
               "schedule": "polynomial", "prune-start": 30, "prune-end": 60, "prune-every": 5},
     baseline={"batch-size": 32, "learning-rate": 0.05, "momentum": 0.9, "local-steps": 125, "num-server-rounds": 40,

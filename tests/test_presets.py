@@ -15,8 +15,8 @@ from simulations.run import config_from_args, simulate
 PRIVATE = [name for name, preset in presets.PRESETS.items() if preset.settings]
 # each preset at a size that runs in seconds; everything else is the preset's own
 SMALL = {
-    "cross-silo": {"num-clients": 2, "examples-per-client": 300, "num-server-rounds": 3, "local-epochs": 1,
-                   "prune-start": 2, "prune-end": 3, "prune-every": 1},
+    "cross-silo": {"num-clients": 2, "examples-per-client": 300, "test-examples": 0, "num-server-rounds": 3,
+                   "local-epochs": 1, "prune-start": 2, "prune-end": 3, "prune-every": 1},
     "cross-device": {"num-clients": 20, "examples-per-client": 16, "fraction-train": 0.5, "num-server-rounds": 3,
                      "local-epochs": 1, "prune-start": 2, "prune-end": 3, "prune-every": 1},
 }
