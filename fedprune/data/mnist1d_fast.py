@@ -63,9 +63,8 @@ def _draws(rng: np.random.RandomState, count: int, args: dict) -> dict:
 def _transform(templates: np.ndarray, draws: dict, args: dict, eps: float = 1e-8) -> np.ndarray:
     from scipy.ndimage import gaussian_filter1d
 
-    count, width = templates.shape
     length = args["template_len"] + args["padding"][1]
-    x = np.empty((count, length))
+    x = np.empty((len(templates), length))
     for pad in np.unique(draws["pad"]):  # pad and dilate: one interpolation grid per padding
         rows = draws["pad"] == pad
         padded = np.concatenate([templates[rows] + eps, np.zeros((rows.sum(), pad))], axis=1)
