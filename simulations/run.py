@@ -90,9 +90,12 @@ def simulate(settings: RunConfig | Mapping[str, object], progress=print, num_cpu
 
     ``num_cpus``: CPUs Ray may use (default all), so clients train one per CPU.
     """
-    from fedprune.federated.local import check_data
+    from fedprune.federated.local import check_data, data_notice
 
     config = run_folder.with_name(resolve(settings))
+    notice = data_notice(config)
+    if notice:
+        progress(notice)
     check_data(config)
     try:
         with run_folder.owned(config):  # checked, created and locked before the engine starts

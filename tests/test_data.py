@@ -37,9 +37,13 @@ def mnist1d(cache_dir):
 
 
 def test_mnist1d_generates_once_then_reads_the_cache(tmp_path, monkeypatch):
+    notice = data.generation_notice("mnist1d", cache_dir=tmp_path)  # shown before a run generates its data
+    assert notice.startswith("generating 10,000 MNIST-1D samples once") and str(tmp_path) in notice
     before = global_states()
     first = load_dataset("mnist1d", cache_dir=tmp_path)  # generates, leaving the global generators alone
     assert_same_states(before, global_states())
+    assert data.generation_notice("mnist1d", cache_dir=tmp_path) is None  # cached: nothing to announce
+    assert data.generation_notice("digits", cache_dir=tmp_path) is None  # ships with scikit-learn
 
     assert first.x_train.shape == (8000, 1, 40) and first.x_test.shape == (2000, 1, 40)
     assert first.y_train.shape == (8000,) and first.y_test.shape == (2000,)

@@ -96,6 +96,17 @@ def mnist1d_args(**overrides) -> dict:
     return args
 
 
+def generation_notice(name: str, *, cache_dir: str | os.PathLike | None = None, **options) -> str | None:
+    """What to show before ``load_dataset(name, **options)`` generates data it has not cached yet, else None."""
+    if name != "mnist1d":
+        return None
+    args = mnist1d_args(**options)
+    path = _mnist1d_cache_path(cache_root(cache_dir), args)
+    if path.exists():
+        return None
+    return f"generating {args['num_samples']:,} MNIST-1D samples once (later runs read them from {path})"
+
+
 def _mnist1d_cache_path(root: Path, args: dict) -> Path:
     from importlib.metadata import version
 

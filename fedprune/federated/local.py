@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from fedprune.config import RunConfig
-from fedprune.data.datasets import load_dataset, make_loader, partition, sized
+from fedprune.data.datasets import generation_notice, load_dataset, make_loader, partition, sized
 from fedprune.federated import keys, wire
 from fedprune.federated.compact import compact, expand
 from fedprune.federated.rounds import RoundPlan, encode_local_mask, local_mask_bits
@@ -36,6 +36,11 @@ def train_config(config: RunConfig) -> TrainConfig:
 def run_dataset(config: RunConfig):
     """The run's dataset (sized by examples-per-client), loaded once per process and shared by clients and server."""
     return _dataset(config.dataset, config.seed, config.num_clients * config.examples_per_client)
+
+
+def data_notice(config: RunConfig) -> str | None:
+    """A line to show before the run's dataset is generated (its first use at this size), else None."""
+    return generation_notice(config.dataset, **sized(config.dataset, config.num_clients * config.examples_per_client))
 
 
 @functools.lru_cache(maxsize=4)
