@@ -21,6 +21,8 @@ from fedprune.config import MODE_DEFAULTS, RunConfig, resolve
 from fedprune.validation import ConfigError
 
 WORKER = "FEDPRUNE_RUN_WORKER"  # the resolved settings, in the environment of the supervised child
+CODE_ROOT = Path(__file__).resolve().parents[1]  # the folder holding fedprune/, clients/, server/, simulations/
+PACKAGES = ("fedprune", "clients", "server", "simulations")
 SHORTCUTS = {  # option -> config key
     "rounds": "num-server-rounds", "clients": "num-clients", "dataset": "dataset", "model": "model",
     "sparsity": "target-sparsity", "method": "method", "mechanism": "mechanism",
@@ -84,6 +86,20 @@ def parse_sets(items: list[str]) -> dict[str, str]:
     return settings
 
 
+def check_working_directory() -> None:
+    """ConfigError if the working directory holds a module or package named like one of ours (a Flower example's
+    ``server.py``, say): Ray puts the working directory first on its workers' path, so the simulated clients would
+    import that in place of fedprune's own and every client would fail."""
+    here = Path.cwd().resolve()
+    shadows = [path.name for package in PACKAGES for path in (here / package, here / f"{package}.py")
+               if (path.is_file() or (path / "__init__.py").is_file())
+               and path.resolve() != (CODE_ROOT / package).resolve()]
+    if shadows:
+        raise ConfigError(f"the working directory {here} holds {', '.join(shadows)}, which Flower's simulation "
+                          "workers would import in place of fedprune's own (Ray puts the working directory first on "
+                          "their path); run fedprune from another directory (--out says where results go)")
+
+
 def simulate(settings: RunConfig | Mapping[str, object], progress=print, num_cpus: int | None = None) -> dict:
     """Run ``settings`` (a RunConfig or kebab-case keys, resolved here) on Flower's simulation engine,
     one virtual SuperNode per client.
@@ -93,6 +109,7 @@ def simulate(settings: RunConfig | Mapping[str, object], progress=print, num_cpu
     from fedprune.federated.local import check_data, data_notice
 
     config = run_folder.with_name(resolve(settings))
+    check_working_directory()
     notice = data_notice(config)
     if notice:
         progress(notice)
@@ -138,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
     if WORKER in os.environ:  # the supervised child: the settings were resolved by the supervisor
         return _report(simulate(resolve(json.loads(os.environ[WORKER])), progress=progress))
     config = run_folder.with_name(config_from_args(args))  # resolved and checked: exit 2 before any work
+    check_working_directory()
     try:
         run_folder.check(config)
     except run_folder.RunFinished as finished:

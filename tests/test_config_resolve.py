@@ -6,6 +6,7 @@ and a sweep cell.
 """
 
 import dataclasses
+import os
 import re
 import subprocess
 import sys
@@ -161,3 +162,26 @@ def test_fedprune_run_refuses_a_wrong_setting_before_any_work(tmp_path, args, me
     assert done.stderr.startswith("fedprune run: error: ")
     assert re.search(message, done.stderr), done.stderr
     assert not out.exists()  # no run folder: nothing started
+
+
+@pytest.mark.parametrize("shadow", ["server.py", "clients/__init__.py"])
+def test_fedprune_run_refuses_a_working_directory_whose_modules_would_shadow_its_own(tmp_path, monkeypatch, shadow):
+    # Ray puts the working directory first on its workers' path: a Flower example's server.py there would be
+    # imported in place of fedprune's server package and every client would fail, after Ray had started
+    (tmp_path / shadow).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / shadow).write_text("")
+    out = tmp_path / "runs"
+    done = subprocess.run([sys.executable, "-m", "simulations.cli", "run", "--out", str(out), "--name", "x"],
+                          check=False, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    name = shadow.split("/")[0]
+    assert done.stderr.startswith(f"fedprune run: error: the working directory {tmp_path.resolve()} holds {name}, ")
+    assert "run fedprune from another directory" in done.stderr
+    assert not out.exists()
+
+    from simulations.run import simulate  # the Python API refuses it too, before any work
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=f"holds {name}, which Flower's simulation workers would import"):
+        simulate({"preset": "none", "output-dir": str(out), "run-name": "x"}, progress=lambda line: None)
+    assert not out.exists()
