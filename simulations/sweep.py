@@ -81,6 +81,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"{len(cells)} cells, {sum(c.done for c in cells)} done; they would run {jobs} at once, "
               f"{cpus} CPU(s) each, in {out}")
         return 0
+    if not args.report_only:
+        from simulations.run import check_working_directory
+
+        check_working_directory()  # every cell would fail on it, after starting Ray
     out.mkdir(parents=True, exist_ok=True)
     (out / run_folder.SWEEP_CONFIG).write_text(Path(args.config).read_text())
     failed = {} if args.report_only else run_cells(cells, jobs=jobs, cpus=cpus)

@@ -184,4 +184,7 @@ def test_fedprune_run_refuses_a_working_directory_whose_modules_would_shadow_its
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match=f"holds {name}, which Flower's simulation workers would import"):
         simulate({"preset": "none", "output-dir": str(out), "run-name": "x"}, progress=lambda line: None)
+    from simulations.cli import main  # and so does a sweep, whose every cell would fail on it
+
+    assert main(["sweep", str(ROOT / "simulations/sweeps/experiments-digits-baselines.toml"), "--out", str(out)]) == 2
     assert not out.exists()
