@@ -61,7 +61,7 @@ register(Preset(
 # the DP-SGD weights alone (post-processing: free at record level) and reported through randomized response on
 # top, which gives the mask channel a client-level figure of its own. Weights carry no client-level guarantee.
 # What DP-SGD wants, measured on MNIST-1D (docs/EXPERIMENTS.md, "Presets"): many records a client at a fixed batch
-# (96,000 records, Poisson batches of 512: sampling rate 1/187.5, so eps 8 over 400 steps needs only z 0.4724: 0.942
+# (96,000 records, Poisson batches of 512: sampling rate 1/188, so eps 8 over 400 steps needs only z 0.4724: 0.942
 # over two seeds, where 16,000 records at z 0.8539 reached 0.925; the server evaluates 40,000 test examples), many
 # short rounds (100 of 4 steps: server momentum turns many small rounds into more progress than few long ones: 0.918
 # where 40 rounds of 8 steps reached 0.858), a large step on the clipped gradients without client momentum, the
