@@ -97,7 +97,8 @@ def check_working_directory() -> None:
     if shadows:
         raise ConfigError(f"the working directory {here} holds {', '.join(shadows)}, which Flower's simulation "
                           "workers would import in place of fedprune's own (Ray puts the working directory first on "
-                          "their path); run fedprune from another directory (--out says where results go)")
+                          "their path); run fedprune from another directory (--out says where results go), or, if "
+                          "this is a copy of fedprune's source, install that copy with pip install -e .")
 
 
 def simulate(settings: RunConfig | Mapping[str, object], progress=print, num_cpus: int | None = None) -> dict:
