@@ -34,10 +34,15 @@ class Preset:
         object.__setattr__(self, "settings", MappingProxyType(dict(self.settings)))
         object.__setattr__(self, "baseline", MappingProxyType(dict(self.baseline)))
 
-    def non_private(self, method: str) -> dict[str, object]:
-        """Settings of the non-private comparison on the same population: ``method`` dense or the preset's."""
-        return {**self.settings, "weight-channel": "clear", "client-sampling": "fixed", "server-learning-rate": 1.0,
-                "server-momentum": 0.0, "mechanism": "exact", **self.baseline, "method": method}
+    def non_private(self, method: str, over: Mapping[str, object] = MappingProxyType({})) -> dict[str, object]:
+        """Settings of the non-private comparison on the same population: ``method`` dense or the preset's.
+
+        ``over`` changes the preset's settings (a variant of it: another model, more clients); the baseline's own
+        training settings still win, since they are how non-private FedAvg trains on the population.
+        """
+        return {**self.settings, **over, "weight-channel": "clear", "client-sampling": "fixed",
+                "server-learning-rate": 1.0, "server-momentum": 0.0, "mechanism": "exact", **self.baseline,
+                "method": method}
 
 
 PRESETS: dict[str, Preset] = {}

@@ -4,9 +4,11 @@ For each budget the noise multiplier that spends it (``fedprune budget --preset 
 searched on the run's own ledger, then ``fedprune run --preset P --set noise-multiplier=Z --seed S``
 runs (with the settings ``--tune EPS:KEY=VALUE`` gives that budget, e.g. a smaller step where the noise is
 larger); beside them, on the same population and local training, dense non-private FedAvg and the
-preset's pruning without privacy. Writes ``OUT/frontier-PRESET.json``, ``OUT/frontier-PRESET.png`` and
-``OUT/frontier-PRESET.md`` (a table, each row with its command). Runs already finished with the same
-settings are reused; a folder holding a run of other settings stops the script before it runs anything more.
+preset's pruning without privacy. ``--set KEY=VALUE`` runs a variant of the preset (another model, more
+clients, more rounds): the setting goes into every run, the baselines' own training settings excepted. Writes
+``OUT/frontier-PRESET.json``, ``OUT/frontier-PRESET.png`` and ``OUT/frontier-PRESET.md`` (a table, each row
+with its command). Runs already finished with the same settings are reused; a folder holding a run of other
+settings stops the script before it runs anything more.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 from fedprune import presets
@@ -26,19 +29,20 @@ from fedprune.validation import ConfigError
 from simulations.reporting import markdown_table
 
 
-def cells(name: str, budgets: list[float], seeds: list[int],
-          tuned: dict[float, dict[str, str]] | None = None) -> list[tuple[str, dict]]:
+def cells(name: str, budgets: list[float], seeds: list[int], tuned: dict[float, dict[str, str]] | None = None,
+          variant: dict[str, str] | None = None) -> list[tuple[str, dict]]:
     """(label, settings) of every run: the private ones at each budget (with ``tuned[budget]``'s settings, the
-    noise found on their own ledger), then the two non-private baselines."""
-    out = []
+    noise found on their own ledger), then the two non-private baselines; ``variant``'s settings in every one."""
+    out, variant = [], variant or {}
     for budget in budgets:
         given = (tuned or {}).get(budget, {})
-        noise = calibrate(resolve({"preset": name, **given}), budget)
+        noise = calibrate(resolve({"preset": name, **variant, **given}), budget)
         label = f"eps {budget:g}" + "".join(f", {key} {value}" for key, value in given.items())
-        out += [(label, {"noise-multiplier": noise, **given, "seed": seed}) for seed in seeds]
-    config, preset = resolve({"preset": name}), presets.get(name)
+        out += [(label, {**variant, "noise-multiplier": noise, **given, "seed": seed}) for seed in seeds]
+    config, preset = resolve({"preset": name, **variant}), presets.get(name)
     for label, method in (("dense, non-private", "dense"), ("pruned, non-private", config.method)):
-        changed = {key: value for key, value in preset.non_private(method).items() if preset.settings.get(key) != value}
+        changed = {key: value for key, value in preset.non_private(method, variant).items()
+                   if preset.settings.get(key) != value}
         out += [(label, {**changed, "seed": seed}) for seed in seeds]
     return out
 
@@ -67,6 +71,17 @@ def reusable(folder: Path, shown: list[str]) -> bool:
     return True
 
 
+def parse_set(items: list[str]) -> dict[str, str]:
+    """``--set KEY=VALUE`` options as {key: value}; SystemExit for one without a value."""
+    variant = {}
+    for item in items:
+        key, equals, value = item.partition("=")
+        if not equals or not key.strip():
+            raise SystemExit(f"--set takes KEY=VALUE, got {item!r}")
+        variant[key.strip()] = value.strip()
+    return variant
+
+
 def parse_tune(items: list[str], budgets: list[float]) -> dict[float, dict[str, str]]:
     """``--tune EPS:KEY=VALUE`` options as {budget: settings}; SystemExit for a budget the frontier does not run."""
     tuned: dict[float, dict[str, str]] = {}
@@ -91,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--tune", action="append", default=[], metavar="EPS:KEY=VALUE",
                         help="a setting for the runs at one budget, e.g. --tune 1:learning-rate=1 (repeatable)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
+                        help="a setting for every run, a variant of the preset, e.g. --set model=cnn1d (repeatable)")
     parser.add_argument("--out", default="runs/frontier")
     return parser
 
@@ -98,10 +115,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     preset, out = presets.get(args.preset), Path(args.out)
-    budgets = [float(b) for b in args.budgets.split(",")]
+    budgets, variant = [float(b) for b in args.budgets.split(",")], parse_set(args.settings)
     try:
-        planned = cells(args.preset, budgets, [int(s) for s in args.seeds.split(",")], parse_tune(args.tune, budgets))
-    except ConfigError as error:  # a tuned key or value the run would refuse, before anything runs
+        resolve({"preset": args.preset, **variant})
+    except ConfigError as error:  # a key or value the runs would refuse, before anything runs
+        raise SystemExit(f"--set: {error}") from None
+    try:
+        planned = cells(args.preset, budgets, [int(s) for s in args.seeds.split(",")], parse_tune(args.tune, budgets),
+                        variant)
+    except ConfigError as error:
         raise SystemExit(f"--tune: {error}") from None
     runs = [(label, settings, command(args.preset, settings),
              out / f"{args.preset}-{label.replace(' ', '').replace(',', '-')}-seed{settings['seed']}")
@@ -119,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                      "epsilon": summary["epsilon"][preset.unit], "seconds": summary["wall_seconds"],
                      "trust_model": summary["privacy"]["end_to_end"][preset.unit]["trust_model"]})
     (out / f"frontier-{args.preset}.json").write_text(json.dumps(rows, indent=2))
-    plot(out / f"frontier-{args.preset}.png", preset, rows)
+    plot(out / f"frontier-{args.preset}.png", preset, rows, variant)
     (out / f"frontier-{args.preset}.md").write_text(table(preset, rows))
     print(table(preset, rows))
     return 0
@@ -146,7 +168,7 @@ def table(preset, rows: list[dict]) -> str:
                            "trust model", "density", "s per run", "command (seed 0)"], lines) + "\n"
 
 
-def plot(path: Path, preset, rows: list[dict]) -> None:
+def plot(path: Path, preset, rows: list[dict], variant: dict[str, str] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -157,7 +179,8 @@ def plot(path: Path, preset, rows: list[dict]) -> None:
                 statistics.pstdev(m["accuracy"] for m in ms), label) for label, ms in _groups(rows).items()
                if ms[0]["epsilon"] is not None]
     private.sort()
-    density = 1 - resolve({"preset": preset.name}).target_sparsity
+    variant = variant or {}
+    density = 1 - resolve({"preset": preset.name, **variant}).target_sparsity
     axis.errorbar([p[0] for p in private], [p[1] for p in private], yerr=[p[2] for p in private], marker="o",
                   capsize=3, label=f"{preset.name}, private, density {density:g}")
     for eps, accuracy, _, label in private:  # a tuned budget names its settings beside its point
@@ -172,7 +195,10 @@ def plot(path: Path, preset, rows: list[dict]) -> None:
     axis.minorticks_off()
     axis.set_xlabel(f"ε end to end, {preset.unit} level ({preset.trust_model} trust model), δ = 1e-5")
     axis.set_ylabel("final test accuracy (mean ± sd over seeds)")
-    axis.set_title(f"preset {preset.name}: {preset.unit} level, {preset.trust_model} trust model", fontsize=9)
+    title = f"preset {preset.name}: {preset.unit} level, {preset.trust_model} trust model"
+    if variant:  # wrapped: a variant can name several settings
+        title += "\n" + textwrap.fill(", ".join(f"{key} {value}" for key, value in variant.items()), 80)
+    axis.set_title(title, fontsize=8 if variant else 9)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
     figure.tight_layout()

@@ -11,7 +11,7 @@ from fedprune import presets
 from simulations import preset_frontier
 from simulations.cli import build_parser
 from simulations.preset_frontier import build_parser as frontier_parser
-from simulations.preset_frontier import cells, command, main, parse_tune, plot, reusable, table
+from simulations.preset_frontier import cells, command, main, parse_set, parse_tune, plot, reusable, table
 from simulations.run import config_from_args
 
 DOCUMENTED = re.findall(r"^python -m simulations\.preset_frontier ([^#\n]+)",
@@ -32,6 +32,8 @@ def test_the_table_states_mean_sd_per_seed_and_the_figure(tmp_path):
     tuned = [{**row, "label": "eps 2, learning-rate 1", "epsilon": 2} for row in rows()[:2]]
     plot(tmp_path / "f.png", presets.get("cross-silo"), rows() + tuned)
     assert Path(tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    plot(tmp_path / "v.png", presets.get("cross-silo"), rows(), {"model": "cnn1d", "target-sparsity": "0.9"})
+    assert Path(tmp_path / "v.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_each_cell_is_a_valid_fedprune_run():
@@ -70,6 +72,32 @@ def test_a_tuned_budget_runs_its_settings_at_the_noise_found_on_their_own_ledger
     assert (config.learning_rate, config.local_steps, config.noise_multiplier, config.seed) == (1.0, 8, 1.5, 1)
 
 
+def test_a_variant_goes_into_every_run_but_the_baselines_keep_their_own_training(monkeypatch):
+    seen = []
+    monkeypatch.setattr(preset_frontier, "calibrate", lambda config, eps: seen.append(config) or 0.5)
+    variant = parse_set(["model=cnn1d", " num-server-rounds = 200"])
+    planned = dict(cells("cross-silo", [8.0], [0], None, variant))
+    assert [(c.model, c.num_server_rounds) for c in seen] == [("cnn1d", 200)]  # the noise is searched on the variant
+    configs = {}
+    for label, settings in planned.items():
+        argv = command("cross-silo", settings)
+        configs[label] = config_from_args(build_parser(argv[1:]).parse_args(argv[1:]))
+    baseline = presets.get("cross-silo").baseline
+    assert (configs["eps 8"].model, configs["eps 8"].num_server_rounds, configs["eps 8"].noise_multiplier) == (
+        "cnn1d", 200, 0.5)
+    for label in ("dense, non-private", "pruned, non-private"):
+        assert (configs[label].model, configs[label].num_server_rounds) == ("cnn1d", baseline["num-server-rounds"])
+        assert configs[label].weight_channel == "clear"
+
+
+def test_a_variant_the_run_would_refuse_stops_the_frontier_before_it_runs(tmp_path):
+    with pytest.raises(SystemExit, match="--set takes KEY=VALUE, got 'model'"):
+        main(["cross-silo", "--set", "model", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--set: unknown setting\\(s\\) no-such"):
+        main(["cross-silo", "--set", "no-such=1", "--out", str(tmp_path)])
+    assert not any(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("item", ["3:learning-rate=1", "learning-rate=1", "1:learning-rate"])
 def test_a_tuned_setting_for_no_budget_or_without_a_value_is_refused(item):
     with pytest.raises(SystemExit, match="--tune takes EPS:KEY=VALUE with EPS one of --budgets \\(1, 8\\)"):
@@ -87,10 +115,10 @@ def test_the_documented_frontiers_plan_valid_runs(line, monkeypatch):
     monkeypatch.setattr(preset_frontier, "calibrate", lambda config, eps: 2.0)  # the search itself: test_presets
     args = frontier_parser().parse_args(shlex.split(line))
     budgets = [float(b) for b in args.budgets.split(",")]
-    for _, settings in cells(args.preset, budgets, [0], parse_tune(args.tune, budgets)):
+    for _, settings in cells(args.preset, budgets, [0], parse_tune(args.tune, budgets), parse_set(args.settings)):
         argv = command(args.preset, settings)
         config_from_args(build_parser(argv[1:]).parse_args(argv[1:]))  # a ConfigError: the cell would exit 2
 
 
 def test_both_presets_frontiers_are_documented():
-    assert sorted(shlex.split(line)[0] for line in DOCUMENTED) == ["cross-device", "cross-silo"]
+    assert {shlex.split(line)[0] for line in DOCUMENTED} == {"cross-device", "cross-silo"}
