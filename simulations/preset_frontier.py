@@ -181,8 +181,10 @@ def plot(path: Path, preset, rows: list[dict], variant: dict[str, str] | None = 
     private.sort()
     variant = variant or {}
     density = 1 - resolve({"preset": preset.name, **variant}).target_sparsity
+    count = len({m["seed"] for m in rows})
+    seeds = f"{count} seed{'s' if count > 1 else ''}"
     axis.errorbar([p[0] for p in private], [p[1] for p in private], yerr=[p[2] for p in private], marker="o",
-                  capsize=3, label=f"{preset.name}, private, density {density:g}")
+                  capsize=3, label=f"{preset.name}, private, density {density:g} ({seeds})")
     for eps, accuracy, _, label in private:  # a tuned budget names its settings beside its point
         if ", " in label:
             axis.annotate(label.split(", ", 1)[1], (eps, accuracy), xytext=(6, -10), textcoords="offset points",
@@ -196,8 +198,9 @@ def plot(path: Path, preset, rows: list[dict], variant: dict[str, str] | None = 
     axis.set_xlabel(f"ε end to end, {preset.unit} level ({preset.trust_model} trust model), δ = 1e-5")
     axis.set_ylabel("final test accuracy (mean ± sd over seeds)")
     title = f"preset {preset.name}: {preset.unit} level, {preset.trust_model} trust model"
-    if variant:  # wrapped: a variant can name several settings
-        title += "\n" + textwrap.fill(", ".join(f"{key} {value}" for key, value in variant.items()), 80)
+    if variant:  # wrapped between settings, never inside one
+        title += "\n" + textwrap.fill(", ".join(f"{key}={value}" for key, value in variant.items()), 80,
+                                      break_on_hyphens=False)
     axis.set_title(title, fontsize=8 if variant else 9)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
